@@ -1,0 +1,3 @@
+from iwcodec.cli import main
+
+raise SystemExit(main())
