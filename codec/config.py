@@ -1,0 +1,143 @@
+"""Model hyper-parameters (one config, saved next to every checkpoint and inside the weights).
+
+Defaults follow the implicit-warping paper (Mallya et al., NeurIPS 2022) section 3 and the
+supplementary section C, scaled down to travel (<= 8M parameters):
+
+* keypoint detector: FOMM hourglass (Siarohin et al. 2019, section 3 / appendix) at 1/4
+  resolution, K = 20 keypoints plus a strength in [0, 1] per keypoint;
+* query and key U-Nets at 1/4 resolution projected to ``attn_dim`` (d);
+* value encoder: a 3-layer conv net with two downsampling convs to ``value_dim`` (d');
+* ``num_extra_kv`` (about 400) learned key/value pairs;
+* decoder: ``decoder_res_blocks`` (8) pre-activation residual blocks and 2 upsampling blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 256
+    num_kp: int = 20
+    # Keypoint detector (hourglass on the image downsampled by ``feature_stride``).
+    kp_block_expansion: int = 32
+    kp_num_blocks: int = 5
+    kp_max_features: int = 128
+    kp_temperature: float = 0.1  # FOMM: softmax temperature of the heatmaps
+    # Spatial keypoint maps: a Gaussian of this variance (in [-1, 1] units) per keypoint.
+    kp_variance: float = 0.01
+    # Query / key U-Nets (supplementary Fig. 9).
+    unet_block_expansion: int = 32
+    unet_num_blocks: int = 4
+    unet_max_features: int = 128
+    attn_dim: int = 128  # d
+    value_dim: int = 128  # d'
+    num_extra_kv: int = 400
+    residual_hidden: int = 256  # MLP of the residual branch (Fig. 3, purple)
+    # Decoder.
+    decoder_res_blocks: int = 8
+    decoder_channels: tuple[int, ...] = (64, 32)  # after the 1st and 2nd upsampling block
+    # 1/4 resolution everywhere the paper says so.
+    feature_stride: int = 4
+
+    def __post_init__(self) -> None:
+        if self.image_size % (self.feature_stride * 2**self.kp_num_blocks) != 0:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by "
+                f"{self.feature_stride * 2**self.kp_num_blocks} for this config"
+            )
+        if len(self.decoder_channels) != 2 or self.feature_stride != 4:
+            raise ValueError("the decoder has exactly 2 upsampling blocks (feature_stride 4)")
+        if not 1 <= self.num_kp <= 255:
+            raise ValueError("num_kp must be in 1..255")
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the query/key grid: 64 for 256x256 images."""
+        return self.image_size // self.feature_stride
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        d = dict(d)
+        if "decoder_channels" in d:
+            d["decoder_channels"] = tuple(d["decoder_channels"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def tiny_config(image_size: int = 64) -> ModelConfig:
+    """A very small model for CPU tests (same code paths, a fraction of the compute)."""
+    return ModelConfig(
+        image_size=image_size,
+        num_kp=10,
+        kp_block_expansion=8,
+        kp_num_blocks=3,
+        kp_max_features=32,
+        unet_block_expansion=8,
+        unet_num_blocks=3,
+        unet_max_features=32,
+        attn_dim=16,
+        value_dim=16,
+        num_extra_kv=8,
+        residual_hidden=16,
+        decoder_res_blocks=2,
+        decoder_channels=(16, 8),
+    )
+
+
+@dataclass
+class LossWeights:
+    """Loss weights (FOMM's vox-adv config where it applies)."""
+
+    perceptual: tuple[float, ...] = (10.0, 10.0, 10.0, 10.0, 10.0)  # VGG16 relu1_2..relu5_3
+    perceptual_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    l1: float = 1.0
+    equivariance: float = 10.0
+    strength_equivariance: float = 1.0
+    separation: float = 10.0  # keypoint repulsion, against collapse into one cluster
+    separation_sigma: float = 0.05
+    gan: float = 1.0
+    feature_matching: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Runtime options of one training run (saved next to each checkpoint)."""
+
+    cache: str = ".cache/crops_train_256"
+    val_cache: str = ".cache/crops_val_256"
+    out: str = "runs/default"
+    batch_size: int = 16  # per GPU
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    max_steps: int = 100_000
+    max_minutes: float = 0.0  # stop after this much wall time (0: no limit)
+    gan_start_step: int = 2000
+    source_counts: tuple[int, ...] = (1, 1, 2, 3)  # sampled uniformly per step
+    semantic_dropout: float = 0.5  # probability that a sample drops key regions
+    aug_independent_affine: float = 0.08  # per-frame random shift/scale/rotation strength
+    log_every: int = 50
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    val_frames_per_clip: int = 48
+    seed: int = 0
+    bf16: bool = True
+    attention_backend: str = "auto"
+    weights: LossWeights = field(default_factory=LossWeights)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,208 @@
+"""Training data: the sender's face-crop cache, held on the GPU, sampled into source/driving sets.
+
+The cache (written by ``python -m sender.cache``) holds per clip ``<name>.npy``, uint8
+(T, S, S, 3) face crops, and optionally ``<name>.landmarks.npy``, float16 (T, 478, 2)
+face-mesh landmarks in [-1, 1] (NaN where no face was found). This module reads only numpy
+files, so ``codec/`` never imports ``sender/``.
+
+Every frame of the training set fits in GPU memory (20k crops of 256x256 are 4 GB), so a
+batch is a gather plus one ``grid_sample``: no loader processes, no host round trips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from iwcodec.errors import InputError
+
+
+@dataclass
+class Clip:
+    name: str
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    landmarks: np.ndarray | None  # (T, 478, 2) float16 or None
+
+
+def load_crop_cache(directory: str | Path, mmap: bool = True) -> list[Clip]:
+    """All clips of a crop cache, sorted by name."""
+    directory = Path(directory)
+    paths = sorted(p for p in directory.glob("*.npy") if not p.name.endswith(".landmarks.npy"))
+    if not paths:
+        raise InputError(
+            f"no crop cache in {directory} (expected <clip>.npy files; write one with python -m sender.cache)"
+        )
+    clips = []
+    for p in paths:
+        frames = np.load(p, mmap_mode="r" if mmap else None)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise InputError(f"{p} is not a (T, S, S, 3) uint8 crop array")
+        lm_path = p.with_name(p.stem + ".landmarks.npy")
+        landmarks = np.load(lm_path, mmap_mode="r" if mmap else None) if lm_path.exists() else None
+        clips.append(Clip(p.stem, frames, landmarks))
+    return clips
+
+
+def _rand(gen: torch.Generator, *shape, device) -> torch.Tensor:
+    return torch.rand(*shape, generator=gen, device=device)
+
+
+def _affine(scale, angle, tx, ty, flip) -> torch.Tensor:
+    """Output->input sampling matrices (B, 2, 3) for F.affine_grid from per-sample params (B,)."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx = scale * torch.where(flip, -1.0, 1.0)
+    row0 = torch.stack([cos * sx, -sin * scale, tx], -1)
+    row1 = torch.stack([sin * sx, cos * scale, ty], -1)
+    return torch.stack([row0, row1], 1)
+
+
+def _compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Affine (B, 2, 3) of x -> a(b(x))."""
+    pad = torch.tensor([0.0, 0.0, 1.0], device=a.device).expand(a.shape[0], 1, 3)
+    return (torch.cat([a, pad], 1) @ torch.cat([b, pad], 1))[:, :2]
+
+
+class FrameBank:
+    """All crops on one device plus the sampling of training examples.
+
+    ``sample`` returns sources (B, N, 3, S, S) and driving (B, 3, S, S) in [0, 1], all frames of
+    one example from one clip, augmented:
+      * per example (same for all its frames): horizontal flip, colour jitter, a small global
+        zoom/shift (other crop framings);
+      * per frame: an independent small rotation/zoom/shift, so that "copy the source at the
+        same position" is never the right answer and the network must follow the keypoints.
+    """
+
+    def __init__(
+        self, clips: list[Clip], device: torch.device, independent_affine: float = 0.08
+    ) -> None:
+        if not clips:
+            raise InputError("empty crop cache")
+        self.device = device
+        self.size = clips[0].frames.shape[1]
+        self.frames = torch.cat([torch.from_numpy(np.array(c.frames)) for c in clips]).to(device)
+        lengths = torch.tensor([len(c.frames) for c in clips])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]]).to(
+            device
+        )
+        self.lengths = lengths.to(device)
+        # Clips are drawn with weight sqrt(length): long clips count more, not overwhelmingly.
+        self.clip_weights = lengths.float().sqrt().to(device)
+        if all(c.landmarks is not None for c in clips):
+            lm = torch.cat(
+                [torch.from_numpy(np.asarray(c.landmarks, dtype=np.float32)) for c in clips]
+            )
+            self.landmarks = lm.to(device)  # (N, 478, 2)
+        else:
+            self.landmarks = None
+        self.independent_affine = independent_affine
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def sample(
+        self, batch: int, n_src: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> sources (B, N, 3, S, S), driving (B, 3, S, S), landmarks (B, N, 478, 2) or None.
+
+        Landmarks are those of the sources, moved by the same augmentation as their frames."""
+        dev, nf = self.device, n_src + 1
+        clip = torch.multinomial(self.clip_weights, batch, replacement=True, generator=gen)
+        length = self.lengths[clip]
+        idx = (
+            (_rand(gen, batch, nf, device=dev) * length[:, None])
+            .long()
+            .clamp_max(length[:, None] - 1)
+        )
+        idx = idx + self.offsets[clip][:, None]  # (B, F) global frame indices
+        x = self.frames[idx.flatten()].permute(0, 3, 1, 2).float().div_(255)  # (B*F, 3, S, S)
+
+        # Per-example global transform, repeated over its frames; then per-frame jitter.
+        def per_example(t):
+            return t.repeat_interleave(nf, dim=0)
+
+        zoom = per_example(1 + (_rand(gen, batch, device=dev) - 0.5) * 0.2)
+        shift = per_example((_rand(gen, batch, 2, device=dev) - 0.5) * 0.1)
+        flip = per_example(_rand(gen, batch, device=dev) < 0.5)
+        g = _affine(zoom, torch.zeros_like(zoom), shift[:, 0], shift[:, 1], flip)
+        a = self.independent_affine
+        n = batch * nf
+        local = _affine(
+            1 + (_rand(gen, n, device=dev) - 0.5) * 2 * a,
+            (_rand(gen, n, device=dev) - 0.5) * 2 * a,  # radians: +-4.6 degrees at a=0.08
+            (_rand(gen, n, device=dev) - 0.5) * 2 * a,
+            (_rand(gen, n, device=dev) - 0.5) * 2 * a,
+            torch.zeros(n, dtype=torch.bool, device=dev),
+        )
+        theta = _compose(g, local)  # (B*F, 2, 3) output -> input coordinates
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        x = self._colour_jitter(x.view(batch, nf, 3, self.size, self.size), gen)
+
+        landmarks = None
+        if self.landmarks is not None:
+            lm = self.landmarks[idx.flatten()]  # (B*F, P, 2) input coordinates
+            pad = torch.tensor([0.0, 0.0, 1.0], device=dev).expand(n, 1, 3)
+            inv = torch.linalg.inv(torch.cat([theta, pad], 1))[:, :2]  # input -> output
+            lm = lm @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
+            landmarks = lm.view(batch, nf, -1, 2)[:, :n_src]
+        return x[:, :n_src].contiguous(), x[:, n_src].contiguous(), landmarks
+
+    @staticmethod
+    def _colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """x (B, F, 3, S, S): brightness, contrast and saturation, the same for all frames of
+        an example (a camera's colour is consistent within a call)."""
+        b, dev = x.shape[0], x.device
+
+        def factor(spread):
+            return (1 + (_rand(gen, b, device=dev) - 0.5) * 2 * spread).view(b, 1, 1, 1, 1)
+
+        x = x * factor(0.15)
+        mean = x.mean(dim=(2, 3, 4), keepdim=True)
+        x = (x - mean) * factor(0.15) + mean
+        grey = x.mean(dim=2, keepdim=True)
+        x = (x - grey) * factor(0.2) + grey
+        return x.clamp_(0, 1)
+
+
+def semantic_dropout_bias(
+    batch: int,
+    n_src: int,
+    size: int,
+    prob: float,
+    gen: torch.Generator,
+    device: torch.device,
+    landmarks: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Key bias (B, N*S*S) of 0 / -inf dropping 1-3 face regions of each source.
+
+    Section 3: "randomly dropping out keys and values corresponding to different facial
+    regions" so the learned extra key/values learn to fill gaps. A region is a rectangle on
+    the S x S key grid centred on a random face-mesh landmark (lips, eyes, brows, ... are where
+    landmarks are dense) or, without landmarks, at a random place.
+    """
+    if prob <= 0:
+        return None
+    drop = torch.zeros(batch, n_src, size, size, dtype=torch.bool, device=device)
+    coords = (torch.arange(size, device=device) * 2 + 1) / size - 1  # pixel centres in [-1, 1]
+    active = _rand(gen, batch, device=device) < prob
+    for _ in range(3):
+        if landmarks is not None:
+            pick = (_rand(gen, batch, n_src, device=device) * landmarks.shape[2]).long()
+            centre = torch.gather(landmarks, 2, pick[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
+            centre = torch.nan_to_num(centre, nan=0.0).clamp(-1, 1)  # (B, N, 2)
+        else:
+            centre = _rand(gen, batch, n_src, 2, device=device) * 1.6 - 0.8
+        half = 0.08 + _rand(gen, batch, n_src, 2, device=device) * 0.2  # 5..18 cells of 64
+        inside_x = (coords.view(1, 1, 1, -1) - centre[..., 0:1, None]).abs() <= half[..., 0:1, None]
+        inside_y = (coords.view(1, 1, -1, 1) - centre[..., 1:2, None]).abs() <= half[..., 1:2, None]
+        keep_region = _rand(gen, batch, n_src, 1, 1, device=device) < 0.7
+        drop |= inside_x & inside_y & keep_region
+    drop &= active.view(batch, 1, 1, 1)
+    bias = torch.zeros(batch, n_src * size * size, device=device)
+    return bias.masked_fill_(drop.view(batch, -1), -math.inf)

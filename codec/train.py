@@ -1,0 +1,511 @@
+"""Training of the implicit-warping model (paper section 3, supplementary D).
+
+Run on one or more GPUs with torchrun (data parallel, one process per GPU):
+
+    torchrun --nproc_per_node=4 -m codec.train --cache CROPS --val-cache VAL_CROPS --out runs/r1
+
+or ``iwcodec train ...`` on one device. Resumes from ``OUT/last.pt`` when it exists. Losses
+(see codec/losses.py and codec/perceptual.py): multi-scale VGG16 perceptual + L1, keypoint
+equivariance under random affine+TPS warps, keypoint separation, strength equivariance, and
+after ``gan_start_step`` a multi-scale patch GAN (hinge) with feature matching. Training uses
+1..3 sources per example, semantic dropout of key regions, bf16 autocast.
+
+Writes to OUT: ``log.jsonl`` (losses, keypoint spread, throughput; validation metrics),
+``last.pt`` (resumable checkpoint, loaded with ``weights_only=True``), ``best.safetensors``
+(the best validation LPIPS so far), ``config.json``, ``curves.png`` and ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from codec.config import LossWeights, ModelConfig, TrainConfig, tiny_config
+from codec.data import Clip, FrameBank, load_crop_cache, semantic_dropout_bias
+from codec.losses import (
+    MultiScaleDiscriminator,
+    RandomWarp,
+    discriminator_hinge_loss,
+    equivariance_loss,
+    feature_matching_loss,
+    generator_gan_loss,
+    keypoint_spread,
+    separation_loss,
+)
+from codec.model import ImplicitWarpingModel, count_parameters
+from codec.perceptual import LPIPS, PerceptualLoss, PerceptualLossConfig
+from codec.weights import save_weights
+
+
+# -- distributed plumbing -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        local = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return Dist(dist.get_rank(), dist.get_world_size(), torch.device("cuda", local))
+    return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= d.world
+    return x
+
+
+# -- the training state ---------------------------------------------------------------------------
+class Trainer:
+    def __init__(
+        self,
+        mc: ModelConfig,
+        tc: TrainConfig,
+        d: Dist,
+        train_clips: list[Clip],
+        val_clips: list[Clip] | None,
+    ):
+        self.mc, self.tc, self.d = mc, tc, d
+        dev = d.device
+        torch.manual_seed(tc.seed)
+        self.model = ImplicitWarpingModel(mc, attention_backend=tc.attention_backend).to(dev)
+        self.disc = MultiScaleDiscriminator().to(dev)
+        self.g_opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tc.betas)
+        self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=tc.lr, betas=tc.betas)
+        w = tc.weights
+        self.perceptual = PerceptualLoss(
+            PerceptualLossConfig(
+                n_scales=len(w.perceptual_scales), layer_weights=tuple(w.perceptual), inputs="[0,1]"
+            )
+        ).to(dev)
+        self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
+        self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine)
+        self.val_clips = val_clips
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions
+        self.best_lpips = math.inf
+        self.out = Path(tc.out)
+        if d.world > 1:
+            self.g = DDP(self.model, device_ids=[dev.index])
+            self.dd = DDP(self.disc, device_ids=[dev.index], broadcast_buffers=False)
+        else:
+            self.g, self.dd = self.model, self.disc
+
+    # checkpoints ------------------------------------------------------------------------------
+    def save(self) -> None:
+        if not self.d.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best_lpips": self.best_lpips,
+            "model": self.model.state_dict(),
+            "disc": self.disc.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "d_opt": self.d_opt.state_dict(),
+            "model_config": self.mc.to_json(),
+        }
+        tmp = self.out / "last.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "last.pt")
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.d.device, weights_only=True)
+        if ModelConfig.from_dict(json.loads(state["model_config"])) != self.mc:
+            raise SystemExit(f"{path} was trained with another model config; use a new --out")
+        self.model.load_state_dict(state["model"])
+        self.disc.load_state_dict(state["disc"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        self.step, self.elapsed, self.best_lpips = (
+            state["step"],
+            state["elapsed"],
+            state["best_lpips"],
+        )
+
+    # one step ---------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        tc, w, dev = self.tc, self.tc.weights, self.d.device
+        # The number of sources must agree across ranks (DDP): draw it from the step number.
+        n_src = tc.source_counts[
+            np.random.default_rng(tc.seed * 1_000_003 + self.step).integers(len(tc.source_counts))
+        ]
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(tc.seed * 7919 + self.step * 104729 + self.d.rank)
+        sources, driving, landmarks = self.bank.sample(tc.batch_size, n_src, gen)
+        key_bias = semantic_dropout_bias(
+            tc.batch_size, n_src, self.mc.feature_size, tc.semantic_dropout, gen, dev, landmarks
+        )
+        warp = RandomWarp(tc.batch_size, device=dev, generator=gen)
+        warped = warp.warp_image(driving)
+        use_gan = self.step >= tc.gan_start_step and w.gan > 0
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
+
+        with amp:
+            out = self.g(sources, driving, key_bias, extra_detect=warped)
+            pred = out["prediction"]
+            losses = {
+                "perceptual": self.perceptual(pred, driving),
+                "l1": w.l1 * (pred.float() - driving).abs().mean(),
+                "equivariance": w.equivariance
+                * equivariance_loss(out["kp_driving"], out["kp_extra"], warp),
+                "strength_eq": w.strength_equivariance
+                * (out["strength_driving"] - out["strength_extra"]).abs().mean(),
+                "separation": w.separation * separation_loss(out["kp_driving"], w.separation_sigma),
+            }
+            if use_gan:
+                self.disc.requires_grad_(False)
+                fake = self.disc(pred)
+                with torch.no_grad():
+                    real = self.disc(driving)
+                losses["gan"] = w.gan * generator_gan_loss(fake)
+                losses["feature_matching"] = w.feature_matching * feature_matching_loss(real, fake)
+                self.disc.requires_grad_(True)
+        g_loss = sum(losses.values())
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_opt.step()
+
+        if use_gan:
+            with amp:
+                d_loss = discriminator_hinge_loss(self.dd(driving), self.dd(pred.detach()))
+            self.d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_opt.step()
+            losses["disc"] = d_loss.detach()
+        self.step += 1
+        stats = {k: v.detach().float() for k, v in losses.items()}
+        stats["total"] = g_loss.detach().float()
+        stats["kp_spread"] = keypoint_spread(out["kp_driving"].detach().float())
+        stats["strength_mean"] = out["strength_driving"].detach().float().mean()
+        stats["n_src"] = torch.tensor(float(n_src), device=dev)
+        return stats
+
+    # validation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Reconstruct evenly spaced frames of each val clip from 1 and 2 sources (first frame;
+        first + middle) and compare with the frozen source; PSNR and LPIPS(alex)."""
+        model, dev = self.model, self.d.device
+        model.eval()
+        amp = torch.autocast(
+            dev.type, dtype=torch.bfloat16, enabled=self.tc.bf16 and dev.type == "cuda"
+        )
+        per_clip, samples = {}, []
+        for clip in self.val_clips:
+            frames = (
+                torch.from_numpy(np.asarray(clip.frames)).to(dev).permute(0, 3, 1, 2).float() / 255
+            )
+            t = frames.shape[0]
+            idx = torch.linspace(0, t - 1, min(self.tc.val_frames_per_clip, t)).round().long()
+            target = frames[idx]
+            res = {}
+            for n in (1, 2):
+                src_idx = [int(i * t / n) for i in range(n)]
+                with amp:
+                    kp_s, s_s = model.detect(frames[src_idx])
+                    feats = [
+                        model.encode_source(frames[i : i + 1], kp_s[j : j + 1], s_s[j : j + 1])
+                        for j, i in enumerate(src_idx)
+                    ]
+                    src = model.with_extras(type(feats[0]).concat(feats))
+                    preds = []
+                    for chunk in target.split(16):
+                        kp_d, s_d = model.detect(chunk)
+                        b = chunk.shape[0]
+                        src_b = type(src)(
+                            *(x.expand(b, -1, -1) for x in (src.keys, src.values, src.pixels))
+                        )
+                        preds.append(model.render(src_b, kp_d, s_d).float().clamp(0, 1))
+                pred = torch.cat(preds)
+                # Frozen baseline: the nearest source shown for every frame.
+                nearest = torch.tensor([min(src_idx, key=lambda s: abs(s - int(i))) for i in idx])
+                frozen = frames[nearest.to(dev)]
+                res[f"psnr_{n}src"] = _psnr(pred, target)
+                res[f"lpips_{n}src"] = self.lpips(pred, target).mean().item()
+                res[f"frozen_psnr_{n}src"] = _psnr(frozen, target)
+                res[f"frozen_lpips_{n}src"] = self.lpips(frozen, target).mean().item()
+                if n == 1 and len(samples) < 4:
+                    j = len(idx) * 2 // 3
+                    samples.append(
+                        (
+                            clip.name,
+                            frames[0],
+                            target[j],
+                            pred[j],
+                            kp_d_all(model, frames[0:1], target[j : j + 1], amp),
+                        )
+                    )
+            per_clip[clip.name] = res
+        model.train()
+        mean = {
+            k: float(np.mean([r[k] for r in per_clip.values()]))
+            for k in next(iter(per_clip.values()))
+        }
+        return {"mean": mean, "clips": per_clip, "samples": samples}
+
+    # main loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        tc, d = self.tc, self.d
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(
+                json.dumps(
+                    {"model": self.mc.to_dict(), "train": tc.to_dict(), "world": d.world}, indent=1
+                )
+            )
+            print(
+                f"model {count_parameters(self.model) / 1e6:.2f}M params, {len(self.bank)} training frames, world {d.world}",
+                flush=True,
+            )
+        log = open(self.out / "log.jsonl", "a") if d.main else None
+        t_start = time.time()
+        elapsed0 = self.elapsed
+        window, t_win, examples = [], time.time(), 0
+        while self.step < tc.max_steps:
+            stats = self.train_step()
+            examples += tc.batch_size
+            window.append(stats)
+            self.elapsed = elapsed0 + time.time() - t_start
+            done = self.step >= tc.max_steps or (
+                tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
+            )
+            if done and d.world > 1:
+                flag = torch.tensor(1.0, device=d.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+            if self.step % tc.log_every == 0 or done:
+                if d.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.time() - t_win
+                keys = window[-1].keys()
+                mean = {
+                    k: all_mean(torch.stack([s[k] for s in window if k in s]).mean(), d).item()
+                    for k in keys
+                }
+                rec = {
+                    "step": self.step,
+                    "elapsed_s": round(self.elapsed, 1),
+                    "examples_per_s_per_gpu": round(examples / dt, 1),
+                    **{k: round(v, 5) for k, v in mean.items()},
+                }
+                if d.main:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    print(json.dumps(rec), flush=True)
+                window, t_win, examples = [], time.time(), 0
+            if (self.step % tc.val_every == 0 or done) and self.val_clips and d.main:
+                val = self.validate()
+                rec = {
+                    "step": self.step,
+                    "elapsed_s": round(self.elapsed, 1),
+                    "val": val["mean"],
+                    "val_clips": val["clips"],
+                }
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps({"step": self.step, "val": val["mean"]}), flush=True)
+                if val["mean"]["lpips_1src"] < self.best_lpips:
+                    self.best_lpips = val["mean"]["lpips_1src"]
+                    save_weights(
+                        self.model,
+                        self.out / "best.safetensors",
+                        extra={"step": self.step, "val": val["mean"]},
+                    )
+                save_samples(val["samples"], self.out / "samples.png")
+                plot_curves(self.out / "log.jsonl", self.out / "curves.png")
+            if self.step % tc.ckpt_every == 0 or done:
+                self.save()
+            if done:
+                break
+        if log:
+            log.close()
+
+
+def kp_d_all(model, source, target, amp):
+    with amp:
+        kp_s, _ = model.detect(source)
+        kp_d, _ = model.detect(target)
+    return kp_s[0].float().cpu(), kp_d[0].float().cpu()
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+# -- pictures -------------------------------------------------------------------------------------
+def _draw_kp(ax, kp, size):
+    xy = (kp.numpy() + 1) / 2 * size - 0.5
+    ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        c=np.arange(len(xy)),
+        cmap="tab20",
+        s=12,
+        edgecolors="white",
+        linewidths=0.5,
+    )
+
+
+def save_samples(samples, path: Path) -> None:
+    """Rows: source (with keypoints), driving (with keypoints), reconstruction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not samples:
+        return
+    fig, axes = plt.subplots(3, len(samples), figsize=(3 * len(samples), 9), squeeze=False)
+    for c, (name, src, drv, pred, (kp_s, kp_d)) in enumerate(samples):
+        size = src.shape[-1]
+        for r, (img, kp, title) in enumerate(
+            [(src, kp_s, "source"), (drv, kp_d, "driving"), (pred, None, "reconstruction")]
+        ):
+            ax = axes[r, c]
+            ax.imshow(img.permute(1, 2, 0).float().cpu().clamp(0, 1).numpy())
+            if kp is not None:
+                _draw_kp(ax, kp, size)
+            ax.set_title(f"{title}\n{name[:28]}" if r == 0 else title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_curves(log_path: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in open(log_path):
+        rec = json.loads(line)
+        (val if "val" in rec else train).append(rec)
+    if not train:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    steps = [r["step"] for r in train]
+    for k in ("perceptual", "l1", "equivariance", "separation", "gan", "feature_matching", "disc"):
+        ys = [r.get(k, np.nan) for r in train]
+        if not all(np.isnan(ys)):
+            axes[0].plot(steps, ys, label=k)
+    axes[0].set_yscale("log")
+    axes[0].set_title("training losses")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(steps, [r["kp_spread"] for r in train], label="keypoint spread")
+    axes[1].plot(steps, [r["strength_mean"] for r in train], label="mean strength")
+    axes[1].set_title("keypoints")
+    axes[1].legend(fontsize=7)
+    if val:
+        vs = [r["step"] for r in val]
+        for n in (1, 2):
+            axes[2].plot(
+                vs, [r["val"][f"lpips_{n}src"] for r in val], marker="o", label=f"model, {n} src"
+            )
+            axes[2].plot(
+                vs,
+                [r["val"][f"frozen_lpips_{n}src"] for r in val],
+                ls="--",
+                label=f"frozen, {n} src",
+            )
+            axes[3].plot(
+                vs, [r["val"][f"psnr_{n}src"] for r in val], marker="o", label=f"model, {n} src"
+            )
+            axes[3].plot(
+                vs,
+                [r["val"][f"frozen_psnr_{n}src"] for r in val],
+                ls="--",
+                label=f"frozen, {n} src",
+            )
+        axes[2].set_title("val LPIPS (alex)")
+        axes[3].set_title("val PSNR (dB)")
+        axes[2].legend(fontsize=7)
+        axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
+    p = argparse.ArgumentParser(
+        prog="iwcodec train", description="Train the implicit-warping model."
+    )
+    tc = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "weights":
+            continue
+        default = getattr(tc, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default)
+        elif isinstance(default, tuple):
+            p.add_argument(
+                flag,
+                type=lambda s, t=type(default[0]): tuple(t(x) for x in s.split(",")),
+                default=default,
+            )
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    p.add_argument("--tiny", action="store_true", help="a tiny model (CPU tests)")
+    p.add_argument("--gan-weight", type=float, default=LossWeights.gan)
+    args = vars(p.parse_args(argv))
+    tiny = args.pop("tiny")
+    gan = args.pop("gan_weight")
+    weights = LossWeights(gan=gan)
+    if tiny:
+        weights = dataclasses.replace(weights, perceptual_scales=(1.0, 0.5))
+    return (tiny_config() if tiny else ModelConfig()), TrainConfig(**args, weights=weights)
+
+
+def main(argv: list[str] | None = None) -> int:
+    mc, tc = parse_args(argv)
+    d = setup_distributed()
+    train_clips = load_crop_cache(tc.cache)
+    val_clips = (
+        load_crop_cache(tc.val_cache) if tc.val_cache and Path(tc.val_cache).exists() else None
+    )
+    if mc.image_size != train_clips[0].frames.shape[1]:
+        raise SystemExit(
+            f"crop cache holds {train_clips[0].frames.shape[1]} px crops, the model wants {mc.image_size}"
+        )
+    trainer = Trainer(mc, tc, d, train_clips, val_clips)
+    ckpt = Path(tc.out) / "last.pt"
+    if ckpt.exists():
+        trainer.load(ckpt)
+        if d.main:
+            print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
+    trainer.run()
+    if d.world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
