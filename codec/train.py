@@ -453,6 +453,10 @@ def plot_curves(log_path: Path, path: Path) -> None:
 
 
 # -- entry point ----------------------------------------------------------------------------------
+def _tuple_of(kind: type):
+    return lambda s: tuple(kind(x) for x in s.split(","))
+
+
 def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
     p = argparse.ArgumentParser(
         prog="iwcodec train", description="Train the implicit-warping model."
@@ -468,7 +472,7 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         elif isinstance(default, tuple):
             p.add_argument(
                 flag,
-                type=lambda s, t=type(default[0]): tuple(t(x) for x in s.split(",")),
+                type=_tuple_of(type(default[0])),
                 default=default,
             )
         else:

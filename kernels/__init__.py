@@ -1,5 +1,17 @@
-"""Attention kernels for implicit warping: Triton on CUDA, plain torch elsewhere."""
+"""Attention kernels for implicit warping: Triton on CUDA, plain torch elsewhere.
 
+``warp_attention`` is the entry point (see ``kernels/dispatch.py`` for the dispatch rules
+and ``docs/kernels.md`` for the algorithm); ``warp_attention_reference`` is the contract.
+"""
+
+from kernels.dispatch import BACKENDS, backends, warp_attention, warp_attention_triton
 from kernels.reference import default_scale, warp_attention_reference
 
-__all__ = ["default_scale", "warp_attention_reference"]
+__all__ = [
+    "BACKENDS",
+    "backends",
+    "default_scale",
+    "warp_attention",
+    "warp_attention_reference",
+    "warp_attention_triton",
+]
