@@ -1,0 +1,164 @@
+"""CPU tests of the implicit-warping model (issue #3): shapes, ranges, equivariance, weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from codec.config import ModelConfig, tiny_config
+from codec.keypoints import coordinate_grid, keypoint_maps
+from codec.losses import RandomWarp, equivariance_loss, keypoint_spread, separation_loss
+from codec.model import ImplicitWarpingModel, SourceFeatures, count_parameters
+from codec.weights import load_model, save_weights, weights_id
+from iwcodec.errors import ModelMismatchError
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return ImplicitWarpingModel(tiny_config()).eval()
+
+
+@pytest.mark.parametrize("n_src", [1, 3])
+def test_forward_shapes(tiny, n_src):
+    cfg = tiny.cfg
+    b, s = 2, cfg.image_size
+    with torch.no_grad():
+        out = tiny(torch.rand(b, n_src, 3, s, s), torch.rand(b, 3, s, s))
+    assert out["prediction"].shape == (b, 3, s, s)
+    assert out["kp_driving"].shape == (b, cfg.num_kp, 2)
+    assert out["kp_source"].shape == (b, n_src, cfg.num_kp, 2)
+    assert out["strength_source"].shape == (b, n_src, cfg.num_kp)
+    assert 0 <= out["prediction"].min() and out["prediction"].max() <= 1
+
+
+def test_keypoints_and_strengths_in_range(tiny):
+    # Extreme inputs included: all black, all white, noise.
+    s = tiny.cfg.image_size
+    images = torch.cat([torch.zeros(1, 3, s, s), torch.ones(1, 3, s, s), torch.rand(2, 3, s, s) * 10 - 5])
+    with torch.no_grad():
+        kp, strength = tiny.detect(images)
+    assert kp.shape == (4, tiny.cfg.num_kp, 2)
+    assert kp.abs().max() <= 1.0
+    assert strength.min() >= 0 and strength.max() <= 1
+    assert torch.isfinite(kp).all() and torch.isfinite(strength).all()
+
+
+def test_render_matches_forward(tiny):
+    """The receiver's path (source features cached, then keypoints only) equals training's."""
+    s = tiny.cfg.image_size
+    src, drv = torch.rand(1, 2, 3, s, s), torch.rand(1, 3, s, s)
+    with torch.no_grad():
+        out = tiny(src, drv)
+        kp, st = tiny.detect(src[0])
+        feats = [tiny.encode_source(src[0, i : i + 1], kp[i : i + 1], st[i : i + 1]) for i in range(2)]
+        cache = tiny.with_extras(SourceFeatures.concat(feats))
+        kp_d, s_d = tiny.detect(drv)
+        pred = tiny.render(cache, kp_d, s_d)
+    torch.testing.assert_close(pred, out["prediction"], atol=1e-5, rtol=1e-4)
+
+
+def test_key_bias_drops_keys(tiny):
+    """Dropping every source key leaves only the learned extras: output no longer depends on
+    the source image."""
+    s, f = tiny.cfg.image_size, tiny.cfg.feature_size
+    drv = torch.rand(1, 3, s, s)
+    bias = torch.full((1, f * f), float("-inf"))
+    with torch.no_grad():
+        a = tiny(torch.rand(1, 1, 3, s, s), drv, key_bias=bias)["prediction"]
+        b = tiny(torch.rand(1, 1, 3, s, s), drv, key_bias=bias)["prediction"]
+        c = tiny(torch.rand(1, 1, 3, s, s), drv)["prediction"]
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().max() > 1e-4
+
+
+def test_keypoint_maps_peak_and_strength():
+    kp = torch.tensor([[[0.0, 0.0], [0.5, -0.5]]])
+    maps = keypoint_maps(kp, torch.tensor([[1.0, 0.25]]), 16, 0.01)
+    assert maps.shape == (1, 2, 16, 16)
+    grid = coordinate_grid(16, 16)
+    peak = grid.view(-1, 2)[maps[0, 1].flatten().argmax()]
+    assert (peak - torch.tensor([0.5, -0.5])).abs().max() <= 1 / 16 + 1e-6  # nearest pixel centre
+    assert maps[0, 1].max() <= 0.25 + 1e-6
+
+
+def test_equivariance_zero_for_identity_warp():
+    warp = RandomWarp.identity(3)
+    kp = torch.rand(3, 20, 2) * 2 - 1
+    assert equivariance_loss(kp, kp, warp).item() == pytest.approx(0.0, abs=1e-6)
+    img = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(warp.warp_image(img), img, atol=1e-5, rtol=0)
+
+
+def test_equivariance_detects_a_real_warp():
+    g = torch.Generator().manual_seed(1)
+    warp = RandomWarp(2, sigma_affine=0.1, sigma_tps=0.01, generator=g)
+    kp = torch.rand(2, 20, 2) * 1.6 - 0.8
+    assert equivariance_loss(kp, kp, warp).item() > 1e-3
+    # A point detected at p in Y sits at T(p) in X: a consistent pair has zero loss.
+    assert equivariance_loss(warp.warp_coordinates(kp), kp, warp).item() < 1e-6
+
+
+def test_warp_image_moves_content_where_coordinates_say():
+    """Y(z) = X(T(z)): a bright dot at T(p) in X appears at p in Y."""
+    warp = RandomWarp(1, sigma_affine=0.0, sigma_tps=0.0)
+    warp.theta[0, :, 2] = torch.tensor([0.25, 0.0])  # T(z) = z + (0.25, 0)
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 16, 20] = 1.0  # at x = (2*20+1)/32-1 = 0.28
+    y = warp.warp_image(x)
+    col = y[0, 0, 16].argmax().item()
+    assert col == 16  # 0.28 - 0.25 = 0.03 -> pixel 16
+
+
+def test_separation_and_spread():
+    spread_out = torch.rand(4, 20, 2) * 1.6 - 0.8
+    collapsed = torch.randn(4, 20, 2) * 0.01
+    assert keypoint_spread(spread_out) > 0.3 > 0.05 > keypoint_spread(collapsed)
+    assert separation_loss(collapsed, 0.05) > 0.9 > 0.2 > separation_loss(spread_out, 0.05)
+
+
+def test_default_config_budget():
+    """Small enough to travel and for real time: <= 8M parameters (issue #3)."""
+    with torch.device("meta"):
+        m = ImplicitWarpingModel(ModelConfig())
+    assert count_parameters(m) <= 8_000_000
+
+
+def test_weights_round_trip(tmp_path, tiny):
+    path = tmp_path / "w.safetensors"
+    wid = save_weights(tiny, path, dtype=torch.float32)
+    assert wid == weights_id(path) and len(wid) == 8
+    m = load_model(path)
+    assert m.weights_id == wid
+    for (k, a), (_, b) in zip(tiny.state_dict().items(), m.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_weights_refused_when_not_matching(tmp_path, tiny):
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny, path)
+    with pytest.raises(ModelMismatchError, match="another model config"):
+        load_model(path, expected_config=dataclasses.replace(tiny.cfg, num_kp=12))
+    # Tensors that disagree with the config stored beside them.
+    from safetensors.torch import load_file, save_file
+
+    from codec.weights import read_metadata
+
+    tensors = load_file(str(path))
+    tensors["decoder.out.weight"] = torch.zeros(3, 5, 7, 7)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=read_metadata(path))
+    with pytest.raises(ModelMismatchError, match="do not match"):
+        load_model(bad)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelMismatchError):
+        load_model(junk)
+    with pytest.raises(ModelMismatchError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "something-else"})
+    with pytest.raises(ModelMismatchError, match="not an iwcodec weights file"):
+        load_model(other)
