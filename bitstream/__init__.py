@@ -1,5 +1,69 @@
 """Wire format: typed units, keypoint quantization and entropy coding (docs/bitstream.md)."""
 
+from bitstream.entropy import (
+    CodingStatistics,
+    EntropyModel,
+    collect_statistics,
+    fit_prior,
+    load_prior,
+)
+from bitstream.errors import BitstreamWarning, TruncatedStreamError
 from bitstream.frame import TIMESCALE, KeypointFrame
+from bitstream.keypoints import (
+    DEFAULT_FRAMES_PER_UNIT,
+    DEFAULT_RESYNC_PERIOD,
+    DecodeResult,
+    KeypointDecoder,
+    KeypointEncoder,
+    encode_track,
+)
+from bitstream.quant import CANDIDATE_STEPS, dequantize, quantize, reconstruct
+from bitstream.stream import StreamWriter, UnitRecord, read_units, scan_stream
+from bitstream.units import (
+    EndUnit,
+    ImageCodec,
+    KeyframeUnit,
+    KeypointUnit,
+    ParamsUnit,
+    Predictor,
+    Unit,
+    UnitType,
+    parse_packet,
+    parse_unit,
+)
 
-__all__ = ["TIMESCALE", "KeypointFrame"]
+__all__ = [
+    "CANDIDATE_STEPS",
+    "DEFAULT_FRAMES_PER_UNIT",
+    "DEFAULT_RESYNC_PERIOD",
+    "TIMESCALE",
+    "BitstreamWarning",
+    "CodingStatistics",
+    "DecodeResult",
+    "EndUnit",
+    "EntropyModel",
+    "ImageCodec",
+    "KeyframeUnit",
+    "KeypointDecoder",
+    "KeypointEncoder",
+    "KeypointFrame",
+    "KeypointUnit",
+    "ParamsUnit",
+    "Predictor",
+    "StreamWriter",
+    "TruncatedStreamError",
+    "Unit",
+    "UnitRecord",
+    "UnitType",
+    "collect_statistics",
+    "dequantize",
+    "encode_track",
+    "fit_prior",
+    "load_prior",
+    "parse_packet",
+    "parse_unit",
+    "quantize",
+    "read_units",
+    "reconstruct",
+    "scan_stream",
+]

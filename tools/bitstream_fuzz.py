@@ -1,0 +1,323 @@
+"""Mutation fuzzing of the bitstream parser and keypoint decoder.
+
+    /work/venv/bin/python tools/bitstream_fuzz.py --inputs 100000 --workers 2
+
+Builds a corpus of valid streams, then feeds ``--inputs`` mutated inputs (bit flips, byte
+overwrites, truncations, splices of two streams, inserted/deleted/duplicated runs, random unit
+lengths, inserted start codes, units re-CRC'd after mutating their body so the body parsers and
+the range decoder see damage the CRC would have caught, and pure garbage) through
+``read_units``, ``parse_packet`` and a ``KeypointDecoder``. Every input runs in a worker
+process watched by the parent: an input that takes longer than ``--timeout`` seconds is a
+hang, a worker whose RSS exceeds ``--rss-mb`` is killed and counted; both restart the worker
+after that input. Exceptions outside ``IWCodecError`` are crashes; the offending inputs are
+saved under ``--out``. Prints the counts and the peak RSS, and exits 1 if anything went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+import warnings
+import zlib
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import numpy as np
+
+from bitstream import (
+    BitstreamWarning,
+    KeypointDecoder,
+    KeypointUnit,
+    ParamsUnit,
+    load_prior,
+    parse_packet,
+    read_units,
+)
+from bitstream.synthetic import example_stream
+from bitstream.units import START_CODE, split_unit
+from bitstream.wire import encode_uvarint
+from iwcodec.errors import IWCodecError
+
+MUTATORS = (
+    "flip",
+    "overwrite",
+    "truncate",
+    "splice",
+    "insert",
+    "delete",
+    "duplicate",
+    "length",
+    "startcode",
+    "recrc",
+    "garbage",
+)
+
+
+def build_corpus(seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    model = load_prior()
+    corpus = []
+    for frames, k, fpu, period in [(24, 20, 6, 12), (10, 3, 1, 4), (60, 20, 30, 30), (9, 1, 3, 6)]:
+        data, _ = example_stream(rng, frames, k, fpu, period, model)
+        corpus.append(data)
+    return corpus
+
+
+def _unit_spans(data: bytes) -> list[tuple[int, int]]:
+    spans, at = [], 0
+    while at < len(data):
+        raw, _ = split_unit(memoryview(data)[at:])
+        spans.append((at, raw.size))
+        at += raw.size
+    return spans
+
+
+def mutate(corpus: list[bytes], spans: list[list[tuple[int, int]]], seed: int, index: int) -> bytes:
+    """Input number ``index``: deterministic in (seed, index), so any input can be replayed."""
+    rng = np.random.default_rng([seed, index])
+    which = int(rng.integers(len(corpus)))
+    data = bytearray(corpus[which])
+    kind = MUTATORS[index % len(MUTATORS)]
+    n = len(data)
+    rounds = 1 + int(rng.integers(3)) if kind not in ("recrc", "garbage") else 1
+    for _ in range(rounds):
+        n = len(data)
+        if n == 0:
+            break
+        at = int(rng.integers(n))
+        if kind == "flip":
+            for _ in range(1 + int(rng.integers(8))):
+                data[int(rng.integers(n))] ^= 1 << int(rng.integers(8))
+        elif kind == "overwrite":
+            width = int(rng.integers(1, 9))
+            data[at : at + width] = rng.bytes(width)
+        elif kind == "truncate":
+            data = data[: int(rng.integers(n + 1))]
+        elif kind == "splice":
+            other = corpus[int(rng.integers(len(corpus)))]
+            data = data[:at] + other[int(rng.integers(len(other))) :]
+        elif kind == "insert":
+            data[at:at] = rng.bytes(int(rng.integers(1, 64)))
+        elif kind == "delete":
+            del data[at : at + int(rng.integers(1, 64))]
+        elif kind == "duplicate":
+            width = int(rng.integers(1, 128))
+            data[at:at] = data[at : at + width]
+        elif kind == "length":
+            # Replace a unit's length field with a random (often huge or overlong) varint.
+            start, _ = spans[which][int(rng.integers(len(spans[which])))]
+            if start + 5 <= len(data):
+                value = int(rng.choice([0, 1, 127, 128, 2**14, 2**21, 2**28, 2**35]))
+                value += int(rng.integers(-2, 3)) if value > 2 else 0
+                field = encode_uvarint(max(value, 0))
+                if rng.random() < 0.2:
+                    field = b"\xff" * int(rng.integers(1, 12))
+                data[start + 4 : start + 5] = field
+        elif kind == "startcode":
+            data[at:at] = START_CODE + rng.bytes(int(rng.integers(0, 6)))
+        elif kind == "recrc":
+            data = bytearray(_mutate_body_keep_crc(bytes(data), spans[which], rng))
+        elif kind == "garbage":
+            data = bytearray(rng.bytes(int(rng.integers(0, 512))))
+            if rng.random() < 0.5:
+                data[0:0] = corpus[which][: int(rng.integers(40))]
+    return bytes(data)
+
+
+def _mutate_body_keep_crc(data: bytes, spans, rng) -> bytes:
+    """Damage one unit's body (fields or payload), then fix its length and CRC."""
+    start, size = spans[int(rng.integers(len(spans)))]
+    raw, _ = split_unit(data[start : start + size])
+    body = bytearray(raw.body)
+    for _ in range(1 + int(rng.integers(4))):
+        choice = rng.random()
+        if choice < 0.5 and body:
+            body[int(rng.integers(len(body)))] = int(rng.integers(256))
+        elif choice < 0.7:
+            body[int(rng.integers(len(body) + 1)) :] = rng.bytes(int(rng.integers(0, 16)))
+        elif choice < 0.9 and body:
+            del body[int(rng.integers(len(body))) :]
+        else:
+            body[int(rng.integers(len(body) + 1)) : 0] = rng.bytes(int(rng.integers(1, 32)))
+    covered = bytes([raw.type_code]) + encode_uvarint(len(body)) + bytes(body)
+    unit = START_CODE + covered + zlib.crc32(covered).to_bytes(4, "little")
+    return data[:start] + unit + data[start + size :]
+
+
+def run_one(data: bytes, model, depth: collections.Counter) -> str:
+    """Outcome label of one input; raises only for crashes (non-project exceptions).
+
+    ``depth`` counts how far inputs got: units read, keypoint units decoded or lost, warnings.
+    """
+    outcome = "ok"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            decoder = None
+            for unit in read_units(data):
+                depth["units_read"] += 1
+                if isinstance(unit, ParamsUnit):
+                    decoder = KeypointDecoder(unit, model) if unit.entropy_id == model.id else None
+                elif isinstance(unit, KeypointUnit) and decoder is not None:
+                    try:
+                        res = decoder.decode(unit)
+                    except ValueError as exc:  # e.g. K in params differs from frames
+                        raise AssertionError(f"decoder raised ValueError: {exc}") from exc
+                    depth["frames_decoded"] += len(res.frames)
+                    depth["frames_lost"] += res.num_lost
+                    for frame in res.frames:
+                        if not np.all(np.isfinite(frame.keypoints)):
+                            raise AssertionError("decoder produced non-finite keypoints")
+        except IWCodecError as exc:
+            outcome = type(exc).__name__
+        try:
+            parse_packet(data)
+        except IWCodecError:
+            pass
+    depth["warnings"] += len(caught)
+    depth["inputs_with_warnings"] += bool(caught)
+    others = [w for w in caught if not issubclass(w.category, BitstreamWarning)]
+    if others:
+        raise AssertionError(
+            f"unexpected warning {others[0].category.__name__}: {others[0].message}"
+        )
+    return outcome
+
+
+def worker(conn, seed: int, indices: list[int]) -> None:
+    corpus = build_corpus()
+    spans = [_unit_spans(c) for c in corpus]
+    model = load_prior()
+    for i in indices:
+        data = mutate(corpus, spans, seed, i)
+        depth: collections.Counter[str] = collections.Counter()
+        try:
+            conn.send((i, run_one(data, model, depth), dict(depth)))
+        except Exception as exc:  # noqa: BLE001 -- the fuzzer's job is to catch anything
+            conn.send((i, "crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    conn.send((None, "done", None))
+
+
+def _rss_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inputs", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=5.0, help="seconds per input")
+    ap.add_argument("--rss-mb", type=float, default=1024.0, help="RSS bound per worker")
+    ap.add_argument("--out", type=Path, default=Path(".cache/fuzz"))
+    args = ap.parse_args(argv)
+    ctx = mp.get_context("spawn")
+    pending = [list(range(w, args.inputs, args.workers)) for w in range(args.workers)]
+    outcomes: collections.Counter[str] = collections.Counter()
+    by_mutator: collections.Counter[str] = collections.Counter()
+    crashes, hangs, memory = [], [], []
+    depth_total: collections.Counter[str] = collections.Counter()
+    peak_kb = 0
+    start = time.perf_counter()
+    live = {}
+
+    def launch(w: int) -> None:
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=worker, args=(child, args.seed, pending[w]), daemon=True)
+        proc.start()
+        child.close()
+        live[w] = (proc, parent, time.perf_counter())
+
+    for w in range(args.workers):
+        if pending[w]:
+            launch(w)
+    while live:
+        conns = {parent: w for w, (_, parent, _) in live.items()}
+        for conn in wait(list(conns), timeout=0.25):
+            w = conns[conn]
+            proc, parent, _ = live[w]
+            try:
+                i, outcome, detail = conn.recv()
+            except EOFError:
+                i, outcome, detail = (pending[w][0] if pending[w] else None), "died", "worker died"
+            if outcome == "done":
+                proc.join()
+                del live[w]
+                continue
+            if i is None:
+                del live[w]
+                continue
+            pending[w] = pending[w][pending[w].index(i) + 1 :]
+            live[w] = (proc, parent, time.perf_counter())
+            outcomes[outcome] += 1
+            if isinstance(detail, dict):
+                depth_total.update(detail)
+            by_mutator[f"{MUTATORS[i % len(MUTATORS)]}:{outcome}"] += 1
+            if outcome in ("crash", "died"):
+                crashes.append((i, detail))
+                if outcome == "died":
+                    proc.kill()
+                    del live[w]
+                    if pending[w]:
+                        launch(w)
+        now = time.perf_counter()
+        for w, (proc, _parent, last) in list(live.items()):
+            rss = _rss_kb(proc.pid, "VmRSS")
+            peak_kb = max(peak_kb, _rss_kb(proc.pid, "VmHWM"))
+            stuck = now - last > args.timeout and pending[w]
+            if stuck or rss > args.rss_mb * 1024:
+                i = pending[w][0]
+                (hangs if stuck else memory).append(i)
+                outcomes["hang" if stuck else "memory"] += 1
+                proc.kill()
+                proc.join()
+                del live[w]
+                pending[w] = pending[w][1:]
+                if pending[w]:
+                    launch(w)
+    elapsed = time.perf_counter() - start
+    bad = crashes + [(i, "hang") for i in hangs] + [(i, "memory") for i in memory]
+    if bad:
+        args.out.mkdir(parents=True, exist_ok=True)
+        corpus = build_corpus()
+        spans = [_unit_spans(c) for c in corpus]
+        for i, detail in bad[:50]:
+            (args.out / f"input_{i}.bin").write_bytes(mutate(corpus, spans, args.seed, i))
+            (args.out / f"input_{i}.txt").write_text(str(detail))
+    project_errors = {
+        k: v for k, v in outcomes.items() if k not in ("ok", "crash", "died", "hang", "memory")
+    }
+    summary = {
+        "inputs": sum(outcomes.values()),
+        "complete_reads": outcomes["ok"],
+        "project_errors": project_errors,
+        "crashes": outcomes["crash"] + outcomes["died"],
+        "hangs": outcomes["hang"],
+        "memory_kills": outcomes["memory"],
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "depth": dict(depth_total),
+        "seconds": round(elapsed, 1),
+        "per_mutator": dict(sorted(by_mutator.items())),
+    }
+    print(json.dumps(summary, indent=1))
+    for i, detail in crashes[:3]:
+        print(f"\ncrash on input {i}:\n{detail}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
