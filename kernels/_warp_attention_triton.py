@@ -38,7 +38,7 @@ from triton.runtime.jit import JITFunction
 
 _LOG2E = 1.4426950408889634
 
-# Keys per split are a multiple of this (the largest BLOCK_N of the tuning lists), so only the
+# Keys per split are a multiple of this (and of every forward BLOCK_N), so only the
 # last split has a partial key block.
 _SPLIT_GRANULE = 128
 # A split must keep at least this many granules, or its fixed costs (loading the query tile,
@@ -160,19 +160,8 @@ def _fwd_kernel(
         k = _load_tile(
             k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask_n, offs_d, D, D_PAD, UPCAST
         )  # (BLOCK_N, D_PAD)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
-        if HAS_BIAS:
-            bias = tl.load(Bias + pid_b * stride_bb + offs_n, mask=mask_n, other=0.0)
-            s += bias.to(tl.float32)[None, :] * 1.4426950408889634
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row whose keys so far are all masked has m_new = -inf; shifting by 0 instead keeps
-        # exp2(-inf - m) = 0 rather than NaN (a fully masked source in this chunk).
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        pr = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(pr, 1)
-        m_i = m_new
+        # Issued before the logits so their latency hides behind them: P's rows (3 values)
+        # are too narrow for the asynchronous copies that pipeline K and V.
         v = _load_tile(
             v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
             mask_n,
@@ -189,6 +178,19 @@ def _fwd_kernel(
             DP_PAD,
             UPCAST,
         )  # (BLOCK_N, DP_PAD)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if HAS_BIAS:
+            bias = tl.load(Bias + pid_b * stride_bb + offs_n, mask=mask_n, other=0.0)
+            s += bias.to(tl.float32)[None, :] * 1.4426950408889634
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row whose keys so far are all masked has m_new = -inf; shifting by 0 instead keeps
+        # exp2(-inf - m) = 0 rather than NaN (a fully masked source in this chunk).
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        pr = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        m_i = m_new
         pb = _operand(pr, Q.dtype.element_ty, UPCAST)
         acc_v = tl.dot(pb, v, acc_v * alpha[:, None])
         acc_k = tl.dot(pb, k, acc_k * alpha[:, None])
@@ -585,10 +587,13 @@ def _bwd_dq_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# Tuning lists (compiled mode only). Hopper: BLOCK_M a multiple of 64 lets tl.dot use wgmma;
-# two fp32 accumulators of BLOCK_M x 128 need 8 warps at BLOCK_M = 128 to stay in registers.
-# Each list ends with a small config that fits shared memory even for fp32 inputs; the
-# autotuner drops configs that run out of resources.
+# Tuning lists (compiled mode only). Hopper: BLOCK_M (or BLOCK_N where keys are the rows) a
+# multiple of 64 lets tl.dot use wgmma. Chosen from offline sm_90 compiles (triton 3.9, its
+# bundled ptxas; docs/kernels.md): configs that spill registers were dropped where others did
+# not. Forward at D = Dv = 128: (128, 64, 8 warps) holds both accumulators in 247 registers;
+# (64, 64, 4 warps, 2 stages) fits two programs per SM (252 registers, 84 KB shared memory).
+# Each list ends with a config that fits shared memory for float32 inputs; the autotuner drops
+# configs that run out of resources.
 # --------------------------------------------------------------------------------------------
 
 INTERPRETED = not isinstance(_fwd_kernel, JITFunction)
@@ -612,17 +617,25 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 
 _FWD_CONFIGS = {
     # max(D, Dv) padded <= 128
-    "narrow": [_cfg(128, 64, 8, 2), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 32, 4, 1)],
+    "narrow": [
+        _cfg(128, 64, 8, 2),
+        _cfg(128, 64, 8, 3),
+        _cfg(64, 64, 4, 2),
+        _cfg(64, 64, 8, 2),
+        _cfg(64, 32, 4, 3),
+    ],
     # <= 256
-    "wide": [_cfg(64, 64, 8, 2), _cfg(64, 32, 8, 2), _cfg(64, 32, 4, 1)],
+    "wide": [_cfg(64, 32, 8, 2), _cfg(64, 32, 8, 3), _cfg(64, 64, 8, 2), _cfg(64, 16, 8, 2)],
 }
+# BLOCK_N counts keys (the rows of dK, dV, dP), BLOCK_M the queries walked per step. The wide
+# lists spill registers in every config tried (D = 256 is outside the model's use).
 _DKDV_CONFIGS = {
-    "narrow": [_cfg(64, 64, 8, 2), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 2), _cfg(32, 32, 4, 1)],
-    "wide": [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(16, 32, 4, 1)],
+    "narrow": [_cfg(32, 128, 8, 2), _cfg(16, 128, 8, 2), _cfg(16, 64, 4, 3), _cfg(32, 32, 4, 1)],
+    "wide": [_cfg(16, 32, 8, 2), _cfg(16, 64, 8, 2), _cfg(32, 64, 8, 2)],
 }
 _DQ_CONFIGS = {
     "narrow": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3), _cfg(32, 32, 4, 1)],
-    "wide": [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 1), _cfg(32, 32, 4, 1)],
+    "wide": [_cfg(32, 32, 8, 2), _cfg(64, 16, 8, 2), _cfg(32, 32, 4, 1)],
 }
 # Nominal query block per width class, used to choose the split count before tuning.
 _NOMINAL_BLOCK_M = {"narrow": 128, "wide": 64}
