@@ -15,6 +15,7 @@ payload itself: K keypoints of (x, y, strength) per driving frame.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,19 +175,31 @@ class KeypointEncoder:
     def encode(self, frames: Sequence[KeypointFrame]) -> KeypointUnit:
         """Code consecutive frames that share their refs into one unit."""
         self._check(frames)
+        chain = self._chain
+        # Quantize first: a bad value must raise before any state changes.
+        q_all = quantize(
+            np.stack([f.keypoints for f in frames]), chain.params.xy_steps, chain.params.s_steps
+        )  # (T, K, 3)
         first = frames[0].index
         resync = (
             self._resync_requested
             or first != self._next_index
             or self._since_resync >= self.resync_period
         )
-        chain = self._chain
+        pts = tuple(f.pts for f in frames)
+        nominal = tuple(chain.params.nominal_pts(f.index) for f in frames)
+        # Built before coding so that bad timestamps raise before the chain advances.
+        header = KeypointUnit(
+            first_index=first,
+            count=len(frames),
+            refs=frames[0].refs,
+            resync=resync,
+            pts=None if pts == nominal else pts,
+            payload=b"",
+        )
         if resync:
             chain.reset()
             self._since_resync = 0
-        q_all = quantize(
-            np.stack([f.keypoints for f in frames]), chain.params.xy_steps, chain.params.s_steps
-        )  # (T, K, 3)
         coder = SymbolEncoder()
         for t, q in enumerate(q_all):
             if t == 0 and resync:
@@ -194,21 +207,11 @@ class KeypointEncoder:
             else:
                 _encode_predicted(chain, coder, q)
             chain.push(q)
-        payload = coder.finish()
         self.last_ideal_bits = coder.ideal_bits
         self._next_index = first + len(frames)
         self._since_resync += len(frames)
         self._resync_requested = False
-        pts = tuple(f.pts for f in frames)
-        nominal = tuple(chain.params.nominal_pts(f.index) for f in frames)
-        return KeypointUnit(
-            first_index=first,
-            count=len(frames),
-            refs=frames[0].refs,
-            resync=resync,
-            pts=None if pts == nominal else pts,
-            payload=payload,
-        )
+        return dataclasses.replace(header, payload=coder.finish())
 
     def _check(self, frames: Sequence[KeypointFrame]) -> None:
         if not 1 <= len(frames) <= MAX_UNIT_FRAMES:

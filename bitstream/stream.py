@@ -19,10 +19,11 @@ looking for start codes in damaged regions is bounded by a budget proportional t
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 from bitstream.errors import BitstreamWarning, TruncatedStreamError
 from bitstream.units import (
@@ -33,13 +34,12 @@ from bitstream.units import (
     ParamsUnit,
     RawUnit,
     Unit,
-    UnitType,
     check_magic,
     max_body,
     split_unit,
     unit_from_raw,
 )
-from iwcodec.errors import BitstreamError
+from iwcodec.errors import BitstreamError, InputError
 
 _CHUNK = 1 << 16
 _HEADER_MAX = len(START_CODE) + 1 + 4  # start code, type, a body_len of up to 4 bytes
@@ -194,9 +194,26 @@ def _try_unit(buf: _Buffer, offset: int) -> _Attempt:
     return _Attempt(raw, cost=total)
 
 
-def scan_stream(source: bytes | bytearray | memoryview | BinaryIO) -> Iterator[UnitRecord]:
-    """Every readable unit of a stream with its offset and size (see the module docstring)."""
-    buf = _Buffer(source)
+Source = Union[bytes, bytearray, memoryview, BinaryIO, str, os.PathLike]  # noqa: UP007
+
+
+def scan_stream(source: Source) -> Iterator[UnitRecord]:
+    """Every readable unit of a stream with its offset and size (see the module docstring).
+
+    ``source``: the stream's bytes, a binary file object, or a path.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")  # noqa: SIM115 -- closed below, after the generator ends
+        except OSError as exc:
+            raise InputError(f"cannot read {os.fspath(source)}: {exc.strerror}") from None
+        with f:
+            yield from _scan(_Buffer(f))
+        return
+    yield from _scan(_Buffer(source))
+
+
+def _scan(buf: _Buffer) -> Iterator[UnitRecord]:
     if not buf.ensure(0, 1):
         raise BitstreamError("empty file")
     buf.ensure(0, 16)
@@ -220,12 +237,14 @@ def scan_stream(source: bytes | bytearray | memoryview | BinaryIO) -> Iterator[U
             )
         attempt = _try_unit(buf, offset)
         if attempt.raw is None:
-            offset, work = _resync(buf, offset, attempt, work)
-            if offset < 0:
+            resume, work = _resync(buf, offset, attempt, work)
+            if resume < 0:
                 raise TruncatedStreamError(
-                    f"stream ends without an end unit after damaged data: the file is "
-                    f"truncated or damaged at its end; {count} units were read"
+                    f"stream ends without an end unit (unreadable from byte {offset}: "
+                    f"{attempt.error}): the file is truncated or damaged at its end; "
+                    f"{count} units were read"
                 )
+            offset = resume
             continue
         raw, at = attempt.raw, offset
         offset += raw.size
@@ -262,11 +281,12 @@ def _resync(buf: _Buffer, offset: int, attempt: _Attempt, work: int) -> tuple[in
         buf.release(candidate)
         candidate = buf.find(START_CODE, candidate + 1)
         if candidate < 0:
-            warnings.warn(
-                f"damaged data from byte {offset} to the end skipped ({attempt.error})",
-                BitstreamWarning,
-                stacklevel=3,
-            )
+            if not attempt.past_end:  # a unit cut by the end of input is truncation, not damage
+                warnings.warn(
+                    f"damaged data from byte {offset} to the end skipped ({attempt.error})",
+                    BitstreamWarning,
+                    stacklevel=3,
+                )
             return -1, work
         buf.release(candidate)
         found = _try_unit(buf, candidate)
@@ -286,7 +306,7 @@ def _resync(buf: _Buffer, offset: int, attempt: _Attempt, work: int) -> tuple[in
             )
 
 
-def read_units(source: bytes | bytearray | memoryview | BinaryIO) -> Iterator[Unit]:
+def read_units(source: Source) -> Iterator[Unit]:
     """The units of a stream, damaged ones skipped with a :class:`BitstreamWarning`.
 
     Raises :class:`BitstreamError` ("empty file", damaged header),
@@ -297,10 +317,4 @@ def read_units(source: bytes | bytearray | memoryview | BinaryIO) -> Iterator[Un
         yield record.unit
 
 
-__all__ = [
-    "StreamWriter",
-    "UnitRecord",
-    "read_units",
-    "scan_stream",
-    "UnitType",
-]
+__all__ = ["StreamWriter", "UnitRecord", "read_units", "scan_stream"]

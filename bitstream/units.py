@@ -48,7 +48,6 @@ MAX_KEYPOINT_BODY = 8 * 2**20
 ID_BYTES = 8
 
 _CRC_BYTES = 4
-_HEADER_MIN = len(START_CODE) + 2  # start code, type, a 1-byte body_len
 
 
 class UnitType(IntEnum):

@@ -155,6 +155,18 @@ def test_encoder_rejects_bad_runs(model):
         enc.encode([KeypointFrame(0, 0, np.zeros((5, 3)))])
     with pytest.raises(ValueError):
         enc.encode([])
+    # Failed calls leave the encoder as it was: the chain still decodes exactly.
+    units = [enc.encode(frames[:2])]
+    nan = frames[2].keypoints.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        enc.encode([KeypointFrame(2, frames[2].pts, nan)])
+    with pytest.raises(BitstreamError, match="increase"):
+        enc.encode([frames[2], KeypointFrame(3, frames[2].pts, frames[3].keypoints)])
+    units.append(enc.encode(frames[2:]))
+    assert not units[1].resync
+    decoded, lost = decode_all(KeypointDecoder(params, model), units)
+    assert not lost and len(decoded) == 4
 
 
 def test_entropy_model_mismatch(model):

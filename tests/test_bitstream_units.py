@@ -31,7 +31,7 @@ from bitstream import (
 from bitstream.synthetic import example_params, example_stream
 from bitstream.units import MAGIC, START_CODE, VERSION, frame_unit, split_unit
 from bitstream.wire import Reader, encode_svarint, encode_uvarint
-from iwcodec.errors import BitstreamError, IWCodecError, UnsupportedStreamError
+from iwcodec.errors import BitstreamError, InputError, IWCodecError, UnsupportedStreamError
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,18 @@ def test_stream_round_trip_from_bytes_and_file(small_stream):
     records = list(scan_stream(data))
     assert sum(r.size for r in records) == len(data)
     assert [r.offset for r in records][1] == records[0].size
+
+
+def test_read_from_path(small_stream, tmp_path):
+    data, _ = small_stream
+    path = tmp_path / "clip.iwc"
+    path.write_bytes(data)
+    assert list(read_units(path)) == list(read_units(data))
+    with pytest.raises(InputError, match="cannot read"):
+        list(read_units(tmp_path / "missing.iwc"))
+    path.write_bytes(data[:-1])
+    with pytest.raises(TruncatedStreamError):
+        list(read_units(str(path)))
 
 
 def _read_all(data: bytes) -> tuple[list, Exception | None, list]:

@@ -198,7 +198,10 @@ def worker(conn, seed: int, indices: list[int]) -> None:
         data = mutate(corpus, spans, seed, i)
         depth: collections.Counter[str] = collections.Counter()
         try:
-            conn.send((i, run_one(data, model, depth), dict(depth)))
+            start = time.perf_counter()
+            outcome = run_one(data, model, depth)
+            depth["max_input_ms"] = round(1e3 * (time.perf_counter() - start), 1)
+            conn.send((i, outcome, dict(depth)))
         except Exception as exc:  # noqa: BLE001 -- the fuzzer's job is to catch anything
             conn.send((i, "crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
     conn.send((None, "done", None))
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     by_mutator: collections.Counter[str] = collections.Counter()
     crashes, hangs, memory = [], [], []
     depth_total: collections.Counter[str] = collections.Counter()
+    slowest = 0.0
     peak_kb = 0
     start = time.perf_counter()
     live = {}
@@ -264,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             live[w] = (proc, parent, time.perf_counter())
             outcomes[outcome] += 1
             if isinstance(detail, dict):
+                slowest = max(slowest, detail.pop("max_input_ms"))
                 depth_total.update(detail)
             by_mutator[f"{MUTATORS[i % len(MUTATORS)]}:{outcome}"] += 1
             if outcome in ("crash", "died"):
@@ -308,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "hangs": outcomes["hang"],
         "memory_kills": outcomes["memory"],
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        "slowest_input_ms": slowest,
         "depth": dict(depth_total),
         "seconds": round(elapsed, 1),
         "per_mutator": dict(sorted(by_mutator.items())),

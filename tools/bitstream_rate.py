@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 "xy_steps": xy,
                 "s_steps": s,
             }
-            print(f"  {name:8s} xy_steps {xy:5d} ({256 * 2 / xy:.3g} px at 256 px) s_steps {s:4d}:"
+            print(f"  {name:8s} xy_steps {xy:5d} ({256 / xy:.3g} px at 256 px) s_steps {s:4d}:"
                   f" {r.stream:6.2f} B/frame ({r.stream * kbps:.2f} kbps), ratio {r.ratio:.3f}")  # fmt: skip
         print("\npredictors (default steps; table fitted for PREVIOUS):")
         for pred in Predictor:
