@@ -19,6 +19,7 @@ without triton or without a GPU driver.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -271,7 +272,10 @@ def _run_triton(q, k, v, p, key_bias, scale, *, num_splits, config) -> Outputs:
         key_bias = _unit_last_stride(key_bias.detach()).expand(bsz, -1)
     scale = default_scale(q.shape[2]) if scale is None else float(scale)
     launch = None if config is None else module.LaunchConfig(*config)
-    return module.WarpAttentionFunction.apply(q, k, v, p, key_bias, scale, num_splits, launch)
+    # Triton launches on the current device: make it the tensors' one.
+    guard = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+    with guard:
+        return module.WarpAttentionFunction.apply(q, k, v, p, key_bias, scale, num_splits, launch)
 
 
 def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:

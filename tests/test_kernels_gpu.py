@@ -20,9 +20,10 @@ pytestmark = [
 
 EXTRAS = 400
 # ||out - ref|| / ||ref||: 16-bit inputs round the probabilities before A V; float32 inputs
-# use tf32 dots (10-bit mantissa).
+# use tf32 dots (10-bit mantissa). Gradients get more room: delta = rowsum(dO * O) is read off
+# the rounded outputs, and dA - delta cancels on the dominant key of a peaky row.
 FWD_TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3, torch.float32: 5e-3}
-GRAD_TOL = {torch.bfloat16: 3e-2, torch.float16: 6e-3, torch.float32: 1e-2}
+GRAD_TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 1e-2}
 QUERY_CHUNK = 4096  # the reference runs on query chunks: rows are independent, memory is not
 
 
