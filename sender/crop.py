@@ -150,12 +150,18 @@ def _prominence(det: Detection, w: int, h: int) -> float:
 
 
 def choose_face(
-    dets: list[Detection], tracked: Detection | None, w: int, h: int, acquire_score: float = 0.75
+    dets: list[Detection],
+    tracked: Detection | None,
+    w: int,
+    h: int,
+    acquire_score: float = 0.75,
+    missed_s: float = 0.0,
 ) -> Detection | None:
     """The tracked person's detection if one lies near it, else (no track) the most
     prominent face scoring at least ``acquire_score``. Returns None when a track exists but
     no detection belongs to it, so a second person in the frame never takes over while the
-    first is briefly missed.
+    first is briefly missed. The reach around the tracked face (0.6 box sides) widens while
+    the face is missed (by 4 sides per second, up to 1.5), since the head moves meanwhile.
 
     Confidence has hysteresis: real faces in the training clips score >= 0.65 (median ~0.9)
     while textures and noise reach 0.5-0.67, so a track starts only on a confident detection
@@ -169,7 +175,8 @@ def choose_face(
     def dist(d: Detection) -> float:
         return math.hypot(d.cx - tracked.cx, d.cy - tracked.cy) / tracked.side
 
-    near = [d for d in dets if dist(d) < 0.6 and 0.6 < d.side / tracked.side < 1.6]
+    reach = min(0.6 + 4.0 * missed_s, 1.5)
+    near = [d for d in dets if dist(d) < reach and 0.6 < d.side / tracked.side < 1.6]
     return min(near, key=dist) if near else None
 
 
@@ -192,7 +199,7 @@ def detect_track(
             h, w = rgb.shape[:2]
             size = (w, h)
             dets = detector.detect(rgb)
-            pick = choose_face(dets, tracked, w, h, config.acquire_score)
+            pick = choose_face(dets, tracked, w, h, config.acquire_score, missed / fps)
             if pick is None and tracked is not None and missed >= lost_frames and dets:
                 pick = choose_face(dets, None, w, h, config.acquire_score)
                 seg += 0 if pick is None else 1
@@ -465,7 +472,8 @@ class FaceTracker:
         self._last_t = t
         dets = self._detector.detect(rgb)
         acquire = self.config.acquire_score
-        pick = choose_face(dets, self._tracked, w, h, acquire)
+        missed_s = 0.0 if self._lost_since is None else t - self._lost_since
+        pick = choose_face(dets, self._tracked, w, h, acquire, missed_s)
         new_shot = False
         if (
             pick is None
