@@ -29,6 +29,8 @@ class ModelConfig:
     kp_temperature: float = 0.1  # FOMM: softmax temperature of the heatmaps
     # Spatial keypoint maps: a Gaussian of this variance (in [-1, 1] units) per keypoint.
     kp_variance: float = 0.01
+    # Also feed per-keypoint offsets to the query/key networks (codec.keypoints.keypoint_offset_maps).
+    kp_offsets: bool = False
     # Query / key U-Nets (supplementary Fig. 9).
     unet_block_expansion: int = 32
     unet_num_blocks: int = 4
@@ -36,7 +38,22 @@ class ModelConfig:
     attn_dim: int = 128  # d
     value_dim: int = 128  # d'
     num_extra_kv: int = 400
+    # Initial position embeddings: an RBF kernel of this width (in [-1, 1] units) and this peak
+    # logit, i.e. a local identity warp at step 0 (codec.model.PositionEncoding).
+    pos_init_sigma: float = 0.06
+    pos_init_logit: float = 12.0
+    # Motion prior on the keys' positions (codec.model.ImplicitWarpingModel.source_positions):
+    # Gaussian width of a keypoint's influence, and the distance (in widths) at which the still
+    # background weighs as much as one keypoint.
+    motion_prior: bool = True
+    motion_sigma: float = 0.2
+    motion_background: float = 2.0
     residual_hidden: int = 256  # MLP of the residual branch (Fig. 3, purple)
+    # Fig. 3 concatenates the queries into the residual MLP. Trained on our 67 clips that lets
+    # the decoder paint a remembered face from the driving keypoints alone and ignore the
+    # source (measured: val PSNR 16 dB, outputs with a training clip's background), so by
+    # default the branch sees only the warped keys and pixels [A K, A P].
+    residual_query: bool = False
     # Decoder.
     decoder_res_blocks: int = 8
     decoder_channels: tuple[int, ...] = (64, 32)  # after the 1st and 2nd upsampling block
@@ -137,6 +154,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     attention_backend: str = "auto"
+    init_from: str = ""  # an exported run to continue from (codec.train.export_run)
     weights: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:

@@ -44,8 +44,30 @@ def load_crop_cache(directory: str | Path, mmap: bool = True) -> list[Clip]:
             raise InputError(f"{p} is not a (T, S, S, 3) uint8 crop array")
         lm_path = p.with_name(p.stem + ".landmarks.npy")
         landmarks = np.load(lm_path, mmap_mode="r" if mmap else None) if lm_path.exists() else None
+        keep = _frames_with_face(p, len(frames), landmarks)
+        if keep is not None:
+            if not keep.any():
+                continue
+            frames = frames[keep]
+            landmarks = landmarks[keep] if landmarks is not None else None
         clips.append(Clip(p.stem, frames, landmarks))
     return clips
+
+
+def _frames_with_face(path: Path, n: int, landmarks: np.ndarray | None) -> np.ndarray | None:
+    """Mask of the frames where the cropper saw a face (``<clip>.track.npz`` "detected") and the
+    face mesh was found; None when the cache holds neither. Title cards, fades to black and
+    cuts to graphics are no training pairs."""
+    keep = None
+    track = path.with_name(path.stem + ".track.npz")
+    if track.exists():
+        with np.load(track) as t:
+            if "detected" in t and len(t["detected"]) == n:
+                keep = np.asarray(t["detected"], bool)
+    if landmarks is not None:
+        mesh = np.isfinite(np.asarray(landmarks[:, 0, 0], np.float32))
+        keep = mesh if keep is None else keep & mesh
+    return keep
 
 
 def _rand(gen: torch.Generator, *shape, device) -> torch.Tensor:

@@ -2,21 +2,24 @@
 
 Data path for one driving frame, with N source images (keyframes):
 
-    driving keypoints -> keypoint maps -> query U-Net -> Q (B, S*S, d) + pos
-    each source: [image/4, its keypoint maps] -> key U-Net -> K (B, S*S, d) + pos
+    driving keypoints -> keypoint maps -> query U-Net -> Q (B, S*S, d) + pe(z)
+    each source: [image/4, its keypoint maps] -> key U-Net -> K (B, S*S, d) + pe(T(z'))
                  full-res image -> value encoder -> V (B, S*S, d')
                  image/4 -> P (B, S*S, 3)                  (pixels for the residual branch)
     keys/values of all sources concatenated, plus ``num_extra_kv`` learned pairs
-    A = softmax(Q K^T / sqrt(d));  warped = A V + MLP([A K, A P, Q])      (eq. 1, Fig. 3)
+    A = softmax(Q K^T / sqrt(d));  warped = A V + MLP([A K, A P])        (eq. 1, Fig. 3)
     decoder(warped) -> image (B, 3, H, W)
 
-Everything that depends only on the sources is computed once per keyframe
-(:meth:`ImplicitWarpingModel.encode_source`) and reused for every frame
-(:meth:`ImplicitWarpingModel.render`).
+pe is the learnable position embedding (a Fourier-feature function of position); T(z') moves
+each source position by the keypoints' displacement (``source_positions``), a motion prior
+the attention refines. Everything that depends only on the sources is computed once per
+keyframe (:meth:`ImplicitWarpingModel.encode_source`); per frame only the queries, the
+positional term of the keys and the attention run (:meth:`ImplicitWarpingModel.render`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,33 +29,85 @@ from torch import nn
 import kernels
 from codec.blocks import ConvNormAct, ResBlock, UNet, UpBlock, norm
 from codec.config import ModelConfig
-from codec.keypoints import KeypointDetector, keypoint_maps
+from codec.keypoints import (
+    KeypointDetector,
+    coordinate_grid,
+    keypoint_maps,
+    keypoint_offset_maps,
+)
 
 
 @dataclass
 class SourceFeatures:
-    """Keys, values and pixels of one or more source images, ready for attention.
+    """What the receiver keeps per keyframe: everything attention needs from the sources except
+    the per-frame positional term (which depends on the driving keypoints).
 
-    keys: (B, L, d), values: (B, L, d'), pixels: (B, L, 3) with L = S*S per source.
+    keys: (B, N*L, d) content keys, values: (B, N*L, d'), pixels: (B, N*L, 3), with L = S*S
+    tokens per source, sources in order; kp: (B, N, K, 2) and strength: (B, N, K) of the sources.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     pixels: torch.Tensor
+    kp: torch.Tensor
+    strength: torch.Tensor
 
     @property
-    def length(self) -> int:
-        return self.keys.shape[1]
+    def num_sources(self) -> int:
+        return self.kp.shape[1]
 
     @staticmethod
     def concat(parts: list[SourceFeatures]) -> SourceFeatures:
+        """Several sources (same batch) as one key set, in the given order."""
         if len(parts) == 1:
             return parts[0]
         return SourceFeatures(
-            torch.cat([p.keys for p in parts], 1),
-            torch.cat([p.values for p in parts], 1),
-            torch.cat([p.pixels for p in parts], 1),
+            *(torch.cat([getattr(p, f) for p in parts], 1) for f in SourceFeatures._fields())
         )
+
+    @staticmethod
+    def _fields() -> tuple[str, ...]:
+        return ("keys", "values", "pixels", "kp", "strength")
+
+    def expand(self, batch: int) -> SourceFeatures:
+        """Broadcast a batch-1 set over ``batch`` frames (no copy)."""
+        if self.keys.shape[0] == batch:
+            return self
+        return SourceFeatures(
+            *(
+                getattr(self, f).expand(batch, *getattr(self, f).shape[1:])
+                for f in SourceFeatures._fields()
+            )
+        )
+
+
+def fourier_frequencies(dim: int, sigma: float) -> torch.Tensor:
+    """(dim/2, 2) random frequencies for :class:`PositionEncoding` (Rahimi & Recht 2007)."""
+    gen = torch.Generator().manual_seed(1234)
+    return torch.randn(dim // 2, 2, generator=gen) / sigma
+
+
+class PositionEncoding(nn.Module):
+    """Learnable position embeddings (section 3) as a function of continuous positions.
+
+    pe(z) = a [cos(F z), sin(F z)] with learnable frequencies F (dim/2, 2) and gain a. Random
+    Fourier features make pe(z) . pe(z') an RBF kernel: about ``peak_logit * sqrt(dim) *
+    exp(-|z - z'|^2 / (2 sigma^2))``, so after the attention's 1/sqrt(dim) scaling a query
+    favours keys near its own position with logits up to ``peak_logit``. Being a function, it
+    can be evaluated at moved positions (see ``ImplicitWarpingModel.source_positions``).
+    """
+
+    def __init__(self, dim: int, sigma: float, peak_logit: float) -> None:
+        super().__init__()
+        self.freqs = nn.Parameter(fourier_frequencies(dim, sigma))
+        self.log_gain = nn.Parameter(
+            torch.tensor(0.5 * math.log(peak_logit * math.sqrt(dim) / (dim // 2)))
+        )
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """coords (..., 2) in [-1, 1] -> (..., dim)"""
+        phase = coords.float() @ self.freqs.T  # (..., dim/2)
+        return self.log_gain.exp() * torch.cat([phase.cos(), phase.sin()], -1)
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -97,27 +152,28 @@ class ImplicitWarpingModel(nn.Module):
         # Set by codec.weights.load_model: id of the weights file (goes into the bitstream).
         self.weights_id: bytes | None = None
         self.weights_path = None
-        s, d, dv, k = cfg.feature_size, cfg.attn_dim, cfg.value_dim, cfg.num_kp
+        d, dv, k = cfg.attn_dim, cfg.value_dim, cfg.num_kp
         self.kp_detector = KeypointDetector(cfg)
-        self.query_unet = UNet(
-            k, cfg.unet_block_expansion, cfg.unet_num_blocks, cfg.unet_max_features
-        )
+        kc = k * (4 if cfg.kp_offsets else 1)  # channels of the spatial keypoint representation
+        unet = (cfg.unet_block_expansion, cfg.unet_num_blocks, cfg.unet_max_features)
+        self.query_unet = UNet(kc, *unet)
         self.query_proj = nn.Conv2d(self.query_unet.out_channels, d, 1)
-        self.key_unet = UNet(
-            3 + k, cfg.unet_block_expansion, cfg.unet_num_blocks, cfg.unet_max_features
-        )
+        self.key_unet = UNet(3 + kc, *unet)
         self.key_proj = nn.Conv2d(self.key_unet.out_channels, d, 1)
         self.value_encoder = ValueEncoder(dv)
-        # Learnable position embeddings on queries and keys (section 3). Zero at start so the
-        # network cannot begin by copying the source through a positional identity match.
-        self.pos_embed = nn.Parameter(torch.zeros(1, s * s, d))
+        self.pos = PositionEncoding(d, cfg.pos_init_sigma, cfg.pos_init_logit)
+        self.register_buffer(
+            "grid",
+            coordinate_grid(cfg.feature_size, cfg.feature_size).view(-1, 2),
+            persistent=False,
+        )
         # Image-independent key/value pairs for content missing from every source (section 3).
         self.extra_keys = nn.Parameter(torch.randn(cfg.num_extra_kv, d) * d**-0.5)
         self.extra_values = nn.Parameter(torch.randn(cfg.num_extra_kv, dv) * 0.02)
         self.extra_pixels = nn.Parameter(torch.zeros(cfg.num_extra_kv, 3))
-        # Residual branch (Fig. 3, purple): MLP([A K, A P, Q]) added to A V.
+        # Residual branch (Fig. 3, purple): MLP([A K, A P] (+ Q)) added to A V.
         self.residual_mlp = nn.Sequential(
-            nn.Linear(2 * d + 3, cfg.residual_hidden),
+            nn.Linear((2 if cfg.residual_query else 1) * d + 3, cfg.residual_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(cfg.residual_hidden, dv),
         )
@@ -135,35 +191,57 @@ class ImplicitWarpingModel(nn.Module):
             image, size=(s, s), mode="bilinear", antialias=True, align_corners=False
         )
 
+    def _kp_representation(self, kp: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2), (B, K) -> (B, K or 4K, S, S): Gaussians times strength (section 3),
+        plus the keypoint offsets when ``cfg.kp_offsets``."""
+        s = self.cfg.feature_size
+        maps = keypoint_maps(kp, strength, s, self.cfg.kp_variance)
+        if self.cfg.kp_offsets:
+            maps = torch.cat([maps, keypoint_offset_maps(kp, strength, s)], 1)
+        return maps
+
     def encode_source(
         self, image: torch.Tensor, kp: torch.Tensor, strength: torch.Tensor
     ) -> SourceFeatures:
-        """Source images (B, 3, H, W) and their keypoints (B, K, 2), (B, K) -> features
-        (keys, values and pixels of one source each; computed once per keyframe)."""
-        s = self.cfg.feature_size
+        """Source images (B, 3, H, W) and their keypoints (B, K, 2), (B, K) -> features of one
+        source each (B, 1 source); computed once per keyframe."""
         small = self._downsample(image)  # (B, 3, S, S)
-        maps = keypoint_maps(kp, strength, s, self.cfg.kp_variance).to(small.dtype)  # (B, K, S, S)
-        keys = _to_tokens(self.key_proj(self.key_unet(torch.cat([small, maps], 1))))  # (B, S*S, d)
-        values = _to_tokens(self.value_encoder(image))  # (B, S*S, d')
-        pixels = _to_tokens(small * 2 - 1)  # (B, S*S, 3) in [-1, 1]
-        return SourceFeatures(keys + self.pos_embed.to(keys.dtype), values, pixels)
-
-    def with_extras(self, src: SourceFeatures) -> SourceFeatures:
-        """Append the learned extra key/value pairs: (B, L, .) -> (B, L + num_extra_kv, .)."""
-        b = src.keys.shape[0]
-        extra = SourceFeatures(
-            self.extra_keys.to(src.keys.dtype).expand(b, -1, -1),
-            self.extra_values.to(src.values.dtype).expand(b, -1, -1),
-            self.extra_pixels.to(src.pixels.dtype).expand(b, -1, -1),
-        )
-        return SourceFeatures.concat([src, extra])
+        maps = self._kp_representation(kp, strength).to(small.dtype)  # (B, K or 4K, S, S)
+        keys = _to_tokens(self.key_proj(self.key_unet(torch.cat([small, maps], 1))))  # (B, L, d)
+        values = _to_tokens(self.value_encoder(image))  # (B, L, d')
+        pixels = _to_tokens(small * 2 - 1)  # (B, L, 3) in [-1, 1]
+        return SourceFeatures(keys, values, pixels, kp[:, None], strength[:, None])
 
     def queries(self, kp: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        """Driving keypoints (B, K, 2), (B, K) -> queries (B, S*S, d)."""
-        s = self.cfg.feature_size
-        maps = keypoint_maps(kp, strength, s, self.cfg.kp_variance)  # (B, K, S, S)
+        """Driving keypoints (B, K, 2), (B, K) -> queries (B, L, d) with position embeddings."""
+        maps = self._kp_representation(kp, strength)  # (B, K or 4K, S, S)
         q = _to_tokens(self.query_proj(self.query_unet(maps.to(self.query_proj.weight.dtype))))
-        return q + self.pos_embed.to(q.dtype)  # (B, S*S, d)
+        return q + self.pos(self.grid).to(q.dtype)
+
+    def source_positions(
+        self, kp_s: torch.Tensor, s_s: torch.Tensor, kp_d: torch.Tensor, s_d: torch.Tensor
+    ) -> torch.Tensor:
+        """Where each source token is expected in the driving frame: (B, N, L, 2).
+
+        A zeroth-order motion prior (Monkey-Net; FOMM section 3 with J = 1): a source position
+        moves by the displacement kp_d - kp_s of nearby keypoints, Gaussian-weighted (width
+        ``motion_sigma``) and by both strengths, against a still background term. The keys'
+        position embeddings are taken at these positions, so attention starts out as a
+        keypoint-driven warp that the learned keys and queries refine; the reconstruction
+        loss reaches the keypoints through it. Not in the paper: see docs/model.md.
+
+        kp_s (B, N, K, 2), s_s (B, N, K), kp_d (B, K, 2), s_d (B, K)
+        """
+        grid = self.grid[None, None, :, None, :]  # (1, 1, L, 1, 2)
+        if not self.cfg.motion_prior:
+            return grid[:, :, :, 0].expand(kp_s.shape[0], kp_s.shape[1], -1, -1)
+        kp_s, s_s, kp_d, s_d = kp_s.float(), s_s.float(), kp_d.float(), s_d.float()
+        d2 = (grid - kp_s[:, :, None]).pow(2).sum(-1)  # (B, N, L, K)
+        w = torch.exp(-d2 / (2 * self.cfg.motion_sigma**2)) * (s_s[:, :, None] * s_d[:, None, None])
+        shift = kp_d[:, None, None] - kp_s[:, :, None]  # (B, N, 1, K, 2)
+        background = math.exp(-(self.cfg.motion_background**2) / 2)
+        moved = (w[..., None] * shift).sum(3) / (w.sum(3, keepdim=True) + background)
+        return grid[:, :, :, 0] + moved  # (B, N, L, 2)
 
     def render(
         self,
@@ -172,19 +250,32 @@ class ImplicitWarpingModel(nn.Module):
         strength: torch.Tensor,
         key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Rebuild the driving frame from source features that already include the extras.
+        """Rebuild driving frames from cached source features.
 
-        src: keys (B, Lk, d), values (B, Lk, d'), pixels (B, Lk, 3); kp (B, K, 2);
-        strength (B, K); key_bias (B, Lk) of 0/-inf -> image (B, 3, H, W) in [0, 1]
+        src: features of N sources (batch B or 1); kp (B, K, 2); strength (B, K);
+        key_bias (B, N*L) of 0/-inf (dropped source keys) -> image (B, 3, H, W) in [0, 1]
         """
-        q = self.queries(kp, strength)  # (B, Lq, d)
-        keys, values, pixels = (t.to(q.dtype) for t in (src.keys, src.values, src.pixels))
+        b = kp.shape[0]
+        src = src.expand(b)
+        q = self.queries(kp, strength)  # (B, L, d)
+        pos = self.pos(self.source_positions(src.kp, src.strength, kp, strength))  # (B, N, L, d)
+        keys = src.keys + pos.flatten(1, 2).to(src.keys.dtype)  # (B, N*L, d)
+
+        def with_extra(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x.to(q.dtype), extra.to(q.dtype).expand(b, -1, -1)], 1)
+
+        keys = with_extra(keys, self.extra_keys)  # (B, N*L + E, d)
+        values = with_extra(src.values, self.extra_values)  # (B, N*L + E, d')
+        pixels = with_extra(src.pixels, self.extra_pixels)  # (B, N*L + E, 3)
+        if key_bias is not None:
+            key_bias = torch.cat([key_bias, key_bias.new_zeros(b, self.cfg.num_extra_kv)], 1)
         out_v, out_k, out_p = kernels.warp_attention(
             q, keys, values, pixels, key_bias=key_bias, backend=self.attention_backend
         )
-        warped = out_v + self.residual_mlp(torch.cat([out_k, out_p, q], -1))  # (B, Lq, d')
+        residual_in = [out_k, out_p, q] if self.cfg.residual_query else [out_k, out_p]
+        warped = out_v + self.residual_mlp(torch.cat(residual_in, -1))  # (B, L, d')
         s = self.cfg.feature_size
-        warped = warped.transpose(1, 2).reshape(q.shape[0], -1, s, s)  # (B, d', S, S)
+        warped = warped.transpose(1, 2).reshape(b, -1, s, s)  # (B, d', S, S)
         return self.decoder(warped)
 
     # -- training -----------------------------------------------------------------------------
@@ -209,23 +300,21 @@ class ImplicitWarpingModel(nn.Module):
         kp_all, s_all = self.detect(torch.cat(images, 0))
         kp_src, s_src = kp_all[: b * n], s_all[: b * n]
         kp_drv, s_drv = kp_all[b * n : b * n + b], s_all[b * n : b * n + b]
-        feats = self.encode_source(sources.flatten(0, 1), kp_src, s_src)  # (B*N, L, .)
+        f = self.encode_source(sources.flatten(0, 1), kp_src, s_src)  # B*N sources
         # (B*N, L, .) -> (B, N*L, .): the sources of one example form one key set.
-        feats = SourceFeatures(
-            *(
-                t.reshape(b, n * t.shape[1], t.shape[2])
-                for t in (feats.keys, feats.values, feats.pixels)
-            )
+        src = SourceFeatures(
+            f.keys.reshape(b, -1, f.keys.shape[-1]),
+            f.values.reshape(b, -1, f.values.shape[-1]),
+            f.pixels.reshape(b, -1, 3),
+            kp_src.view(b, n, -1, 2),
+            s_src.view(b, n, -1),
         )
-        src = self.with_extras(feats)
-        if key_bias is not None:
-            key_bias = torch.cat([key_bias, key_bias.new_zeros(b, self.cfg.num_extra_kv)], 1)
         out = {
             "prediction": self.render(src, kp_drv, s_drv, key_bias),
             "kp_driving": kp_drv,
             "strength_driving": s_drv,
-            "kp_source": kp_src.view(b, n, -1, 2),
-            "strength_source": s_src.view(b, n, -1),
+            "kp_source": src.kp,
+            "strength_source": src.strength,
         }
         if extra_detect is not None:
             out["kp_extra"], out["strength_extra"] = kp_all[b * n + b :], s_all[b * n + b :]

@@ -71,9 +71,14 @@ class Batch:
 def setup_distributed() -> Dist:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         local = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return Dist(dist.get_rank(), dist.get_world_size(), torch.device("cuda", local))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl")
+            device = torch.device("cuda", local)
+        else:  # CPU processes (tests of the data-parallel path)
+            dist.init_process_group("gloo")
+            device = torch.device("cpu")
+        return Dist(dist.get_rank(), dist.get_world_size(), device)
     return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -116,8 +121,9 @@ class Trainer:
         self.best_lpips = math.inf
         self.out = Path(tc.out)
         if d.world > 1:
-            self.g = DDP(self.model, device_ids=[dev.index])
-            self.dd = DDP(self.disc, device_ids=[dev.index], broadcast_buffers=False)
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.g = DDP(self.model, device_ids=ids)
+            self.dd = DDP(self.disc, device_ids=ids, broadcast_buffers=False)
         else:
             self.g, self.dd = self.model, self.disc
 
@@ -148,6 +154,20 @@ class Trainer:
         self.disc.load_state_dict(state["disc"])
         self.g_opt.load_state_dict(state["g_opt"])
         self.d_opt.load_state_dict(state["d_opt"])
+        self.step, self.elapsed, self.best_lpips = (
+            state["step"],
+            state["elapsed"],
+            state["best_lpips"],
+        )
+
+    def load_exported(self, directory: Path) -> None:
+        """Weights and counters of an exported run (optimizers start fresh)."""
+        state = json.loads((directory / "state.json").read_text())
+        if ModelConfig.from_dict(state["model"]) != self.mc:
+            raise SystemExit(f"{directory} holds another model config")
+        self.model.load_state_dict(load_shards(directory, "generator"))
+        disc = load_shards(directory, "discriminator")
+        self.disc.load_state_dict({k: v.float() for k, v in disc.items()})
         self.step, self.elapsed, self.best_lpips = (
             state["step"],
             state["elapsed"],
@@ -289,11 +309,16 @@ class Trainer:
             window.append(stats)
             self.elapsed = elapsed0 + time.time() - t_start
             done = self.step >= tc.max_steps or (
-                tc.max_minutes > 0 and (time.time() - t_start) > tc.max_minutes * 60
+                tc.max_minutes > 0
+                and (time.time() - t_start) > tc.max_minutes * 60
+                and (d.world == 1 or self.step % 10 == 0)
             )
-            if done and d.world > 1:
-                flag = torch.tensor(1.0, device=d.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+            if d.world > 1 and (self.step % 10 == 0 or self.step >= tc.max_steps):
+                # All ranks vote at the same steps, so all stop together (a rank that left alone
+                # would leave the others waiting in a collective); not every step: .item() syncs.
+                flag = torch.tensor(float(done), device=d.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                done = bool(flag.item())
             if self.step % tc.log_every == 0 or done:
                 if d.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -350,18 +375,17 @@ def reconstruct(
     source features once, then keypoints only. -> (pred (T, 3, S, S), kp_src (N, K, 2),
     kp_targets (T, K, 2))."""
     kp_s, s_s = model.detect(sources)
-    feats = model.encode_source(sources, kp_s, s_s)  # (N, L, .)
-    src = model.with_extras(
-        SourceFeatures(
-            *(x.reshape(1, -1, x.shape[-1]) for x in (feats.keys, feats.values, feats.pixels))
-        )
+    f = model.encode_source(sources, kp_s, s_s)  # N sources, batch N
+    src = SourceFeatures.concat(
+        [
+            SourceFeatures(*(getattr(f, n)[i : i + 1] for n in SourceFeatures._fields()))
+            for i in range(len(sources))
+        ]
     )
     preds, kps = [], []
     for part in targets.split(chunk):
         kp_d, s_d = model.detect(part)
-        b = part.shape[0]
-        src_b = SourceFeatures(*(x.expand(b, -1, -1) for x in (src.keys, src.values, src.pixels)))
-        preds.append(model.render(src_b, kp_d, s_d).float().clamp(0, 1))
+        preds.append(model.render(src, kp_d, s_d).float().clamp(0, 1))
         kps.append(kp_d.float())
     return torch.cat(preds), kp_s.float(), torch.cat(kps)
 
@@ -369,6 +393,65 @@ def reconstruct(
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.float() - b.float()).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
+
+
+# -- moving a run between machines ----------------------------------------------------------------
+SHARD_BYTES = 15 * 2**20  # the GPU machine returns files of at most 16 MiB
+
+
+def save_shards(tensors: dict[str, torch.Tensor], directory: Path, name: str) -> list[Path]:
+    """Write ``tensors`` as ``name-0.safetensors``, ``name-1...`` of at most SHARD_BYTES each."""
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = t.detach().cpu().contiguous()
+        size += nbytes
+    shards.append(current)
+    paths = []
+    for i, shard in enumerate(shards):
+        paths.append(directory / f"{name}-{i}.safetensors")
+        save_file(shard, str(paths[-1]))
+    return paths
+
+
+def load_shards(directory: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = {}
+    for path in sorted(directory.glob(f"{name}-*.safetensors")):
+        state.update(load_file(str(path)))
+    if not state:
+        raise SystemExit(f"no {name}-*.safetensors in {directory}")
+    return state
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> None:
+    """Copy what continuing a run elsewhere needs, in files the GPU machine can return (8 files,
+    16 MiB each): the generator in float32 shards, the discriminator in bfloat16, counters
+    and configs, the best weights, the log and the two pictures. Optimizer moments stay behind
+    (they would double the size); a continued run starts them afresh."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    save_shards(state["model"], out_dir, "generator")
+    save_shards(
+        {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state["disc"].items()},
+        out_dir,
+        "discriminator",
+    )
+    config = json.loads((run_dir / "config.json").read_text())
+    meta = {k: state[k] for k in ("step", "elapsed", "best_lpips")}
+    (out_dir / "state.json").write_text(json.dumps({**meta, **config}, indent=1))
+    for name in ("best.safetensors", "log.jsonl", "curves.png", "samples.png"):
+        if (run_dir / name).exists():
+            shutil.copy(run_dir / name, out_dir / name)
 
 
 # -- pictures -------------------------------------------------------------------------------------
@@ -494,9 +577,15 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         else:
             p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--tiny", action="store_true", help="a tiny model (CPU tests)")
+    p.add_argument(
+        "--model",
+        default="",
+        help="model config overrides, e.g. 'kp_offsets=false,attn_dim=64' (saved with the weights)",
+    )
     p.add_argument("--gan-weight", type=float, default=LossWeights.gan)
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
+    overrides = args.pop("model")
     gan = args.pop("gan_weight")
     weights = LossWeights(gan=gan)
     if tiny:
@@ -504,7 +593,29 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         weights = dataclasses.replace(
             weights, perceptual=(10.0, 10.0, 10.0, 0.0, 0.0), perceptual_scales=(1.0, 0.5)
         )
-    return (tiny_config() if tiny else ModelConfig()), TrainConfig(**args, weights=weights)
+    mc = tiny_config() if tiny else ModelConfig()
+    if args["init_from"]:
+        state = json.loads((Path(args["init_from"]) / "state.json").read_text())
+        mc = ModelConfig.from_dict(state["model"])
+    return _override(mc, overrides), TrainConfig(**args, weights=weights)
+
+
+def _override(mc: ModelConfig, text: str) -> ModelConfig:
+    if not text:
+        return mc
+    d = mc.to_dict()
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in d:
+            raise SystemExit(f"--model: unknown field {key!r}")
+        old = d[key]
+        if isinstance(old, bool):
+            d[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(old, list):
+            d[key] = [type(old[0])(x) for x in value.split("/")]
+        else:
+            d[key] = type(old)(value)
+    return ModelConfig.from_dict(d)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer.load(ckpt)
         if d.main:
             print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
+    elif tc.init_from:
+        trainer.load_exported(Path(tc.init_from))
+        if d.main:
+            print(f"continuing from {tc.init_from} at step {trainer.step}", flush=True)
     trainer.run()
     if d.world > 1:
         dist.destroy_process_group()

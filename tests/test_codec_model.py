@@ -54,7 +54,7 @@ def test_render_matches_forward(tiny):
         out = tiny(src, drv)
         kp, st = tiny.detect(src[0])
         feats = [tiny.encode_source(src[0, i : i + 1], kp[i : i + 1], st[i : i + 1]) for i in range(2)]
-        cache = tiny.with_extras(SourceFeatures.concat(feats))
+        cache = SourceFeatures.concat(feats)
         kp_d, s_d = tiny.detect(drv)
         pred = tiny.render(cache, kp_d, s_d)
     torch.testing.assert_close(pred, out["prediction"], atol=1e-5, rtol=1e-4)

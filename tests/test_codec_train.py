@@ -31,8 +31,21 @@ def trainer(tmp_path):
     cache.mkdir()
     _write_fake_cache(cache)
     mc, tc = parse_args(
-        ["--tiny", "--cache", str(cache), "--out", str(tmp_path / "run"), "--batch-size", "2",
-         "--gan-start-step", "0", "--lr", "0.001", "--source-counts", "1,3"]
+        [
+            "--tiny",
+            "--cache",
+            str(cache),
+            "--out",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "2",
+            "--gan-start-step",
+            "0",
+            "--lr",
+            "0.001",
+            "--source-counts",
+            "1,3",
+        ]
     )
     return Trainer(mc, tc, Dist(), load_crop_cache(cache), None)
 
@@ -83,3 +96,37 @@ def test_checkpoint_resume(trainer, tmp_path):
     for a, b in zip(trainer.model.state_dict().values(), other.model.state_dict().values()):
         assert torch.equal(a, b)
     assert other.g_opt.state_dict()["state"].keys() == trainer.g_opt.state_dict()["state"].keys()
+
+
+def test_export_and_continue(trainer, tmp_path):
+    """A run exported in returnable shards continues elsewhere with the same weights and step."""
+    from codec.train import export_run
+
+    trainer.optimize(trainer.sample_batch(0))
+    trainer.step = 5
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    (trainer.out / "config.json").write_text(
+        __import__("json").dumps({"model": trainer.mc.to_dict(), "train": {}, "world": 1})
+    )
+    trainer.save()
+    export_run(trainer.out, tmp_path / "moved")
+    files = list((tmp_path / "moved").iterdir())
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
+    mc, tc = parse_args(
+        [
+            "--init-from",
+            str(tmp_path / "moved"),
+            "--cache",
+            trainer.tc.cache,
+            "--out",
+            str(tmp_path / "run2"),
+            "--batch-size",
+            "2",
+        ]
+    )
+    assert mc == trainer.mc
+    other = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    other.load_exported(tmp_path / "moved")
+    assert other.step == 5
+    for a, b in zip(trainer.model.state_dict().values(), other.model.state_dict().values()):
+        assert torch.equal(a, b)
