@@ -1,0 +1,224 @@
+"""The ``iwcodec`` command: parses arguments and calls sender, receiver, eval and codec.
+
+    iwcodec encode IN -o OUT.iwc        video file -> iwcodec stream
+    iwcodec decode IN.iwc -o OUT.mp4    stream -> video (.mp4 H.264, .mkv lossless)
+    iwcodec info IN.iwc                 units, bytes and kbps per unit type
+    iwcodec demo                        bundled sample -> encode -> decode -> side by side
+    iwcodec train ...                   train the model (codec.train)
+
+Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
+no traceback; :class:`BitstreamWarning` s as ``iwcodec: warning: <message>`` lines. Usage and
+examples: docs/usage.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from iwcodec import __version__
+from iwcodec.errors import BackendUnavailableError, IWCodecError
+
+EXIT_ERROR = 2
+
+# MediaPipe's TFLite runtime logs through glog; keep its INFO/WARNING lines off the user's screen.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="model weights (.safetensors); default: the shipped codec/weights/iwcodec-256",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, or auto (the GPU when there is one; default)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iwcodec",
+        description="Neural talking-head video codec: one keyframe, then 20 keypoints per frame.",
+    )
+    parser.add_argument("--version", action="version", version=f"iwcodec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="encode a video file to an iwcodec stream (.iwc)")
+    p.add_argument("input", type=Path, help="any video file FFmpeg reads, with one face")
+    p.add_argument("-o", "--output", type=Path, required=True, help="stream to write (.iwc)")
+    p.add_argument("--keyframe-codec", default=None, help="webp, av1, jpeg or png (default: av1)")
+    p.add_argument("--keyframe-quality", type=int, default=None, help="1 (smallest) .. 100 (best)")
+    p.add_argument(
+        "--steps",
+        choices=("coarse", "default", "fine"),
+        default="default",
+        help="keypoint quantization (docs/bitstream.md 8.2)",
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="encode only the first N frames")
+    _model_options(p)
+
+    p = sub.add_parser("decode", help="decode an iwcodec stream to a video file")
+    p.add_argument("input", type=Path, help="iwcodec stream (.iwc)")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="video to write: .mp4 or .mkv (lossless)"
+    )
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="if the stream is truncated, still write the frames decoded (exit status stays 2)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="frames rendered per batch")
+    _model_options(p)
+
+    p = sub.add_parser("info", help="describe an iwcodec stream: units, bytes, kbps")
+    p.add_argument("input", type=Path, help="iwcodec stream (.iwc)")
+
+    p = sub.add_parser("demo", help="run the bundled sample through the codec and score it")
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("iwcodec-demo"), help="default: ./iwcodec-demo"
+    )
+    p.add_argument(
+        "--input", type=Path, default=None, help="another video instead of the bundled sample"
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    _model_options(p)
+
+    sub.add_parser("train", help="train the model (iwcodec train --help)", add_help=False)
+    return parser
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise IWCodecError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"--device {name}: no CUDA GPU is available here")
+    return device
+
+
+def load(args: argparse.Namespace):
+    from codec.weights import DEFAULT_WEIGHTS, load_model
+    from iwcodec.errors import ModelMismatchError
+
+    path = args.weights if args.weights is not None else DEFAULT_WEIGHTS
+    if args.weights is None and not path.is_file():
+        raise ModelMismatchError(
+            f"the shipped model weights are missing ({path}); pass --weights FILE.safetensors "
+            "(e.g. one written by `iwcodec train`)"
+        )
+    return load_model(path, device=resolve_device(args.device))
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from bitstream import CANDIDATE_STEPS
+    from sender.encoder import EncodeOptions, encode_file
+    from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting, parse_codec
+
+    codec = parse_codec(args.keyframe_codec) if args.keyframe_codec else DEFAULT_CODEC
+    quality = args.keyframe_quality if args.keyframe_quality is not None else DEFAULT_QUALITY
+    native_setting(codec, quality)  # refuses a bad quality before the slow part
+    xy, s = CANDIDATE_STEPS[args.steps]
+    options = EncodeOptions(
+        keyframe_codec=codec,
+        keyframe_quality=quality,
+        xy_steps=xy,
+        s_steps=s,
+        max_frames=args.max_frames,
+        progress=not args.quiet,
+    )
+    stats = encode_file(args.input, args.output, load(args), options)
+    print(f"{args.output}: {stats.summary()}")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from receiver.decoder import DecodeOptions, decode_file
+    from receiver.writer import output_format
+
+    output_format(args.output)  # an unsupported extension fails before the model loads
+    options = DecodeOptions(
+        batch_size=args.batch_size, partial=args.partial, progress=not args.quiet
+    )
+    stats = decode_file(args.input, args.output, load(args), options)
+    print(f"{args.output}: {stats.summary()}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from receiver.decoder import inspect_stream
+
+    info = inspect_stream(args.input)
+    print(f"{args.input}: {info.file_bytes} bytes")
+    print(info.summary())
+    if info.problem is not None:
+        raise info.problem
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from eval.demo import run_demo
+
+    result = run_demo(
+        load(args), args.out_dir, args.input, args.max_frames, progress=not args.quiet
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from codec.train import main as train_main
+
+    return train_main(argv)
+
+
+COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "demo": cmd_demo}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from bitstream import BitstreamWarning
+
+    if issubclass(category, BitstreamWarning):
+        print(f"iwcodec: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["train"]:
+            # codec.train owns its options (and their --help); pass them through untouched.
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
+        with warnings.catch_warnings():
+            from bitstream import BitstreamWarning
+
+            warnings.simplefilter("always", BitstreamWarning)
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
+    except IWCodecError as exc:
+        print(f"iwcodec: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except SystemExit as exc:  # argparse (--help, --version, usage: status 2), training
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(f"iwcodec: error: {exc.code}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("iwcodec: interrupted", file=sys.stderr)
+        return 130

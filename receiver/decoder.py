@@ -1,0 +1,647 @@
+"""The receiver: an iwcodec stream in, rebuilt frames out.
+
+:class:`Decoder` is incremental (feed units in arrival order, get frames in index order), so the
+offline decoder and a live call share it. Per stream it:
+
+1. refuses a stream made for other weights, another resolution or another K
+   (:class:`ModelMismatchError`, naming both sides);
+2. decodes each keyframe image and computes its keypoints and source keys / values / pixels
+   once (``model.encode_source``, paper section 3, "Learning queries, keys, and values"),
+   caching them by keyframe id;
+3. decodes the keypoint units (``bitstream.KeypointDecoder``) and renders every frame from the
+   cached features of the keyframes it refers to (``model.render``, eq. 1), in batches, under
+   ``torch.inference_mode`` on the model's device;
+4. shows every lost frame (damaged or missing units, a missing keyframe) as the last frame
+   shown before it ("held"), counted and reported with a :class:`BitstreamWarning`, so the
+   output keeps the stream's frame count and timing.
+
+Files (:func:`decode_file`): a stream without its end unit is truncated, and its true length
+is unknown. The decoder then writes no output and raises :class:`TruncatedStreamError`;
+with ``DecodeOptions(partial=True)`` it writes the frames it could decode and still raises, so a
+cut file never turns into an output that looks complete (docs/usage.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bitstream import (
+    BitstreamWarning,
+    EndUnit,
+    EntropyModel,
+    KeyframeUnit,
+    KeypointDecoder,
+    KeypointFrame,
+    KeypointUnit,
+    ParamsUnit,
+    TruncatedStreamError,
+    Unit,
+    UnitRecord,
+    UnitType,
+    load_prior,
+    scan_stream,
+)
+from bitstream.stream import Source
+from codec.model import ImplicitWarpingModel, SourceFeatures
+from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
+from receiver.keyframe import decode_keyframe
+from receiver.writer import VideoWriter, output_format
+
+#: Keyframes whose features stay cached; a unit can refer to at most 16 (bitstream MAX_REFS).
+MAX_CACHED_KEYFRAMES = 16
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Runtime options of the decoder.
+
+    Attributes:
+        batch_size: frames per ``model.render`` call.
+        max_gap_seconds: a stream that skips more than this much video at once (a lost run
+            longer than any damage a real file shows, or a forged frame index) is refused
+            rather than filled with held frames.
+        partial: on a truncated file, write the frames decoded so far (and still raise).
+        progress: show a progress bar on a terminal.
+    """
+
+    batch_size: int = 16
+    max_gap_seconds: float = 60.0
+    partial: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One output picture. ``rgb`` (H, W, 3) uint8 is read-only and may be shared between held
+    frames; ``held`` marks a lost frame shown as the picture before it."""
+
+    index: int
+    pts: int
+    rgb: np.ndarray = field(repr=False)
+    held: bool = False
+
+
+@dataclass
+class DecodeStats:
+    """Counts of a decode; ``frames = rendered + held``."""
+
+    width: int
+    height: int
+    fps: Fraction
+    frames: int = 0
+    rendered: int = 0
+    held: int = 0
+    keyframes: int = 0
+    bad_keyframes: int = 0
+    damaged_regions: int = 0  # stretches of bytes the reader skipped
+    damaged_bytes: int = 0
+    truncated: bool = False
+    seconds: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.frames / float(self.fps)
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        speed = self.rendered / self.seconds if self.seconds else 0.0
+        text = (
+            f"{self.frames} frames ({self.duration:.2f} s at {_fps_text(self.fps)} fps, "
+            f"{self.width}x{self.height}), {speed:.1f} frames/s"
+        )
+        if self.held:
+            text += f"; {self.held} lost frames show the frame before them"
+        if self.damaged_regions:
+            text += f"; {self.damaged_bytes} damaged bytes skipped"
+        return text
+
+
+def shipped_entropy_models() -> dict[bytes, tuple[str, EntropyModel]]:
+    """Every prior table shipped in ``bitstream/tables``, by id."""
+    found = {}
+    for entry in (resources.files("bitstream") / "tables").iterdir():
+        if entry.name.endswith(".json"):
+            name = entry.name[: -len(".json")]
+            model = load_prior(name)
+            found[model.id] = (name, model)
+    return found
+
+
+def find_entropy_model(entropy_id: bytes) -> EntropyModel:
+    """The shipped prior table with this id; ModelMismatchError when there is none."""
+    models = shipped_entropy_models()
+    if entropy_id not in models:
+        have = ", ".join(f"{name} ({i.hex()})" for i, (name, _) in sorted(models.items()))
+        raise ModelMismatchError(
+            f"the stream was coded with entropy table {entropy_id.hex()}, which this "
+            f"installation does not have (it has {have})"
+        )
+    return models[entropy_id][1]
+
+
+def check_stream(model: ImplicitWarpingModel, params: ParamsUnit) -> None:
+    """Refuse a stream this model cannot rebuild (other weights, resolution or K)."""
+    mine = (
+        model.weights_id.hex() if model.weights_id is not None else "none (not loaded from a file)"
+    )
+    if params.weights_id != model.weights_id:
+        raise ModelMismatchError(
+            f"the stream was made with model weights {params.weights_id.hex()}, the loaded "
+            f"weights are {mine}: decode it with the weights it was encoded with (--weights)"
+        )
+    size = model.cfg.image_size
+    if (params.width, params.height) != (size, size):
+        raise ModelMismatchError(
+            f"the stream is {params.width}x{params.height}, the model rebuilds {size}x{size}"
+        )
+    if params.num_keypoints != model.cfg.num_kp:
+        raise ModelMismatchError(
+            f"the stream has {params.num_keypoints} keypoints per frame, the model "
+            f"{model.cfg.num_kp}"
+        )
+
+
+def device_of(model: ImplicitWarpingModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded like eval.metrics does."""
+    x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Decoder:
+    """Incremental receiver: ``push(unit)`` returns the frames it completes, in index order.
+
+    Args:
+        model: the implicit-warping model (eval mode, on the device to render on).
+        params: the stream's parameter unit.
+        first_index: index the stream starts at (0 for files; ``None`` joins a call late).
+        batch_size: frames per render call.
+        max_gap: most frames one loss may span before the stream is refused (bounds the
+            output of a forged index; ``None``: no bound).
+
+    Every frame index from the first to the last one seen comes out exactly once: rendered, or
+    held (the previous picture; before any picture exists, the keyframe it refers to).
+    """
+
+    def __init__(
+        self,
+        model: ImplicitWarpingModel,
+        params: ParamsUnit,
+        *,
+        first_index: int | None = 0,
+        batch_size: int = 16,
+        max_gap: int | None = None,
+    ) -> None:
+        check_stream(model, params)
+        self.model = model
+        self.params = params
+        self.batch_size = max(1, batch_size)
+        self.max_gap = max_gap
+        self.device = device_of(model)
+        self.stats = DecodeStats(params.width, params.height, params.fps)
+        self._keypoints = KeypointDecoder(
+            params, find_entropy_model(params.entropy_id), first_index=first_index
+        )
+        self._sources: OrderedDict[int, SourceFeatures] = OrderedDict()  # (1, L, .) each
+        self._pictures: dict[int, np.ndarray] = {}  # decoded keyframe images, by id
+        self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
+        self._last: np.ndarray | None = None  # last picture shown
+        self._waiting: list[range] = []  # frames lost before any picture existed
+        self.finished = False
+
+    @property
+    def needs_resync(self) -> bool:
+        """True while only a resync unit can be decoded (a call asks the sender for one)."""
+        return self._keypoints.needs_resync
+
+    # -- units ----------------------------------------------------------------------------------
+    def push(self, unit: Unit) -> list[DecodedFrame]:
+        """Take one unit; returns the frames it completes (possibly none)."""
+        if isinstance(unit, KeyframeUnit):
+            self.add_keyframe(unit)
+            return self._release_waiting()
+        if isinstance(unit, KeypointUnit):
+            result = self._keypoints.decode(unit)
+            return self._emit(result.frames, result.lost)
+        if isinstance(unit, EndUnit):
+            return self.finish(unit.total_frames)
+        if isinstance(unit, ParamsUnit):
+            if unit != self.params:
+                warnings.warn(
+                    "a parameter unit that differs from the stream's first was ignored",
+                    BitstreamWarning,
+                    stacklevel=2,
+                )
+            return []
+        raise TypeError(f"not a unit: {type(unit).__name__}")
+
+    def finish(self, total_frames: int) -> list[DecodedFrame]:
+        """End of stream with ``total_frames`` coded: frames missing at the end are held.
+
+        Raises BitstreamError when no frame could be rebuilt at all (no usable keyframe)."""
+        result = self._keypoints.finish(total_frames)
+        frames = self._emit((), result.lost)
+        self.finished = True
+        if self._waiting:
+            raise BitstreamError(
+                f"no frame could be rebuilt: the stream's keyframe is missing or damaged "
+                f"({sum(len(r) for r in self._waiting)} frames have nothing to show)"
+            )
+        if self.stats.frames != total_frames:
+            warnings.warn(
+                f"the end unit says {total_frames} frames were coded, {self.stats.frames} came out",
+                BitstreamWarning,
+                stacklevel=2,
+            )
+        return frames
+
+    @torch.inference_mode()
+    def add_keyframe(self, unit: KeyframeUnit) -> None:
+        """Decode a keyframe image and cache its source features (once per keyframe)."""
+        try:
+            rgb = decode_keyframe(unit.data, unit.codec)
+        except BitstreamError as exc:
+            self._bad_keyframe(unit, str(exc))
+            return
+        if rgb.shape != (self.params.height, self.params.width, 3):
+            self._bad_keyframe(
+                unit,
+                f"image is {rgb.shape[1]}x{rgb.shape[0]}, the stream is "
+                f"{self.params.width}x{self.params.height}",
+            )
+            return
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        image = image.permute(2, 0, 1)[None].float().div_(255)  # (1, 3, H, W)
+        kp, strength = self.model.detect(image)  # (1, K, 2), (1, K)
+        feats = self.model.encode_source(image, kp, strength)  # (1, L, .)
+        self._sources[unit.keyframe_id] = feats
+        self._sources.move_to_end(unit.keyframe_id)
+        rgb.setflags(write=False)
+        self._pictures[unit.keyframe_id] = rgb
+        while len(self._sources) > MAX_CACHED_KEYFRAMES:
+            old, _ = self._sources.popitem(last=False)
+            self._pictures.pop(old, None)
+        self._combined = None
+        self.stats.keyframes += 1
+
+    def _bad_keyframe(self, unit: KeyframeUnit, why: str) -> None:
+        self.stats.bad_keyframes += 1
+        warnings.warn(
+            f"keyframe {unit.keyframe_id} cannot be used ({why}); frames that refer to it are held",
+            BitstreamWarning,
+            stacklevel=3,
+        )
+
+    # -- frames ---------------------------------------------------------------------------------
+    def _emit(self, frames: Iterable[KeypointFrame], lost: Iterable[range]) -> list[DecodedFrame]:
+        """Render ``frames`` and hold ``lost`` indices, all in index order."""
+        frames = list(frames)
+        lost = sorted((r for r in lost if len(r)), key=lambda r: r.start)
+        for r in lost:
+            if self.max_gap is not None and len(r) > self.max_gap:
+                raise BitstreamError(
+                    f"the stream skips {len(r)} frames ({r.start}..{r.stop - 1}), more than "
+                    f"{self.max_gap}: it is too damaged or not a real stream"
+                )
+        # KeypointDecoder reports lost frames before the unit's own (a gap), or instead of them.
+        out: list[DecodedFrame] = []
+        for r in lost:
+            out += self._hold(r, refs=frames[0].refs if frames else None)
+        if frames:
+            out += self._render_frames(frames)
+        return out
+
+    def _hold(self, lost: range, refs: tuple[int, ...] | None) -> list[DecodedFrame]:
+        picture = self._last
+        if picture is None:
+            picture = self._any_picture(refs)
+        if picture is None:
+            self._waiting.append(lost)  # a range: memory does not grow with its length
+            return []
+        self.stats.held += len(lost)
+        self.stats.frames += len(lost)
+        return [DecodedFrame(i, self.params.nominal_pts(i), picture, held=True) for i in lost]
+
+    def _any_picture(self, refs: tuple[int, ...] | None) -> np.ndarray | None:
+        for ref in refs or ():
+            if ref in self._pictures:
+                return self._pictures[ref]
+        return next(iter(self._pictures.values()), None)
+
+    def _release_waiting(self) -> list[DecodedFrame]:
+        """Frames lost before any picture existed, now that a keyframe gives one."""
+        if not self._waiting or not self._pictures:
+            return []
+        waiting, self._waiting = self._waiting, []
+        picture = self._any_picture(None)
+        out = []
+        for lost in waiting:
+            self.stats.held += len(lost)
+            self.stats.frames += len(lost)
+            out += [DecodedFrame(i, self.params.nominal_pts(i), picture, held=True) for i in lost]
+        return out
+
+    def _render_frames(self, frames: list[KeypointFrame]) -> list[DecodedFrame]:
+        out = self._release_waiting()
+        src = self._features(frames[0].refs)  # a unit's frames share their refs
+        if src is None:
+            missing = [r for r in frames[0].refs if r not in self._sources]
+            warnings.warn(
+                f"{len(frames)} frames ({frames[0].index}..{frames[-1].index}) refer to "
+                f"keyframe {missing} that never arrived intact; held",
+                BitstreamWarning,
+                stacklevel=4,
+            )
+            return out + self._hold(range(frames[0].index, frames[-1].index + 1), frames[0].refs)
+        for start in range(0, len(frames), self.batch_size):
+            part = frames[start : start + self.batch_size]
+            images = self.render(src, np.stack([f.keypoints for f in part]))
+            for f, rgb in zip(part, images):
+                rgb.setflags(write=False)
+                out.append(DecodedFrame(f.index, f.pts, rgb))
+            self._last = images[-1]
+        self.stats.rendered += len(frames)
+        self.stats.frames += len(frames)
+        return out
+
+    def _features(self, refs: tuple[int, ...]) -> SourceFeatures | None:
+        """Features of the keyframes ``refs`` as one key set; None if one of them is missing."""
+        if self._combined is not None and self._combined[0] == refs:
+            return self._combined[1]
+        if any(r not in self._sources for r in refs):
+            return None
+        src = SourceFeatures.concat([self._sources[r] for r in refs])
+        self._combined = (refs, src)
+        return src
+
+    @torch.inference_mode()
+    def render(self, src: SourceFeatures, keypoints: np.ndarray) -> np.ndarray:
+        """Frames from source features (batch 1) and keypoints (B, K, 3) -> (B, H, W, 3) uint8."""
+        kp = torch.from_numpy(np.ascontiguousarray(keypoints)).to(self.device)
+        images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
+        return to_uint8(images)
+
+
+def read_header(records: Iterator[UnitRecord], source: Source) -> UnitRecord:
+    """The parameter unit's record; header errors name the file they come from."""
+    try:
+        return next(records)
+    except BitstreamError as exc:
+        if isinstance(source, (str, os.PathLike)):
+            raise type(exc)(f"{os.fspath(source)}: {exc}") from None
+        raise
+
+
+class StreamDecoding:
+    """Decoding one stream (bytes, a file object or a path), frame by frame.
+
+    ``params`` is known on construction (so an output can be opened before the first frame);
+    iterating yields :class:`DecodedFrame` s in index order. Iteration raises
+    :class:`TruncatedStreamError` at the end of a stream without an end unit, after every
+    decodable frame was yielded. ``stats`` counts what came out and what the reader skipped.
+    """
+
+    def __init__(
+        self, source: Source, model: ImplicitWarpingModel, options: DecodeOptions = DecodeOptions()
+    ) -> None:
+        self._records = scan_stream(source)
+        first = read_header(self._records, source)
+        self.params: ParamsUnit = first.unit
+        max_gap = math.ceil(options.max_gap_seconds * float(self.params.fps))
+        self.decoder = Decoder(
+            model, self.params, batch_size=options.batch_size, max_gap=max(max_gap, 1)
+        )
+        self.stats = self.decoder.stats
+        self._offset = first.size
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        start = time.perf_counter()
+        try:
+            for record in self._records:
+                if record.offset != self._offset:
+                    self.stats.damaged_regions += 1
+                    self.stats.damaged_bytes += record.offset - self._offset
+                self._offset = record.offset + record.size
+                yield from self.decoder.push(record.unit)
+        except TruncatedStreamError:
+            self.stats.truncated = True
+            raise
+        finally:
+            self.stats.seconds += time.perf_counter() - start
+
+
+def _truncated_message(path: Path, stats: DecodeStats, exc: Exception, out: Path | None) -> str:
+    done = f"{stats.frames} frames ({stats.duration:.2f} s) could be decoded"
+    if out is None:
+        return f"{path}: {exc}. {done}; no output was written (--partial keeps them)"
+    return f"{path}: {exc}. {done} and were written to {out}, which is INCOMPLETE"
+
+
+def decode_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    model: ImplicitWarpingModel,
+    options: DecodeOptions = DecodeOptions(),
+    on_frame: Callable[[DecodedFrame], None] | None = None,
+) -> DecodeStats:
+    """``.iwc`` stream -> video file (``.mp4`` H.264, ``.mkv`` lossless FFV1).
+
+    The output appears only when it is complete. A truncated stream raises
+    :class:`TruncatedStreamError`; with ``options.partial`` the frames decoded so far are
+    written first (the message says the output is incomplete). ``on_frame`` sees every frame
+    as it is written (e.g. to score the exact pixels before the video codec).
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    output_format(out_path)  # refuse an unknown extension before any work
+    stream = StreamDecoding(in_path, model, options)
+    p = stream.params
+    with VideoWriter(out_path, p.width, p.height, p.fps) as writer:
+        bar = tqdm(desc="decoding", unit="frame", disable=None if options.progress else True)
+        try:
+            for frame in stream:
+                writer.write(frame.rgb)
+                if on_frame is not None:
+                    on_frame(frame)
+                bar.update()
+        except TruncatedStreamError as exc:
+            if not options.partial or writer.frames == 0:
+                raise TruncatedStreamError(
+                    _truncated_message(in_path, stream.stats, exc, None)
+                ) from None
+            writer.close()
+            raise TruncatedStreamError(
+                _truncated_message(in_path, stream.stats, exc, out_path)
+            ) from None
+        finally:
+            bar.close()
+    return stream.stats
+
+
+def decode_frames(
+    source: Source, model: ImplicitWarpingModel, options: DecodeOptions = DecodeOptions()
+) -> tuple[np.ndarray, DecodeStats]:
+    """A whole stream in memory: (T, H, W, 3) uint8 frames and the stats (for evaluation).
+
+    Raises TruncatedStreamError on a cut stream."""
+    stream = StreamDecoding(source, model, options)
+    frames = [f.rgb for f in stream]
+    if not frames:
+        raise BitstreamError("the stream holds no frames")
+    return np.stack(frames), stream.stats
+
+
+# -- iwcodec info ---------------------------------------------------------------------------------
+_TYPE_LABELS = {
+    UnitType.PARAMS: "params",
+    UnitType.KEYFRAME: "keyframe",
+    UnitType.KEYPOINTS: "keypoints",
+    UnitType.END: "end",
+}
+
+
+@dataclass
+class StreamInfo:
+    """What ``iwcodec info`` reports: units and bytes per type, damage, rates.
+
+    ``units`` / ``bytes`` are keyed by type label (params, keyframe, keypoints, end);
+    ``sum(bytes.values()) + damaged_bytes + tail_bytes == file_bytes``.
+    """
+
+    file_bytes: int
+    params: ParamsUnit | None = None
+    units: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
+    keypoint_frames: int = 0  # frames carried by the keypoint units that were read
+    end: EndUnit | None = None
+    damaged_regions: int = 0
+    damaged_bytes: int = 0
+    tail_bytes: int = 0  # unreadable bytes at the end of a truncated stream
+    keyframe_codecs: dict[str, int] = field(default_factory=dict)
+    problem: IWCodecError | None = None  # the error that ended reading, if any
+
+    @property
+    def frames(self) -> int:
+        return self.end.total_frames if self.end is not None else self.keypoint_frames
+
+    @property
+    def duration(self) -> float:
+        if self.params is None or self.frames == 0:
+            return 0.0
+        return self.frames / float(self.params.fps)
+
+    def kbps(self, nbytes: int) -> float:
+        return nbytes * 8 / self.duration / 1000 if self.duration else 0.0
+
+    def summary(self) -> str:
+        """The human-readable report of ``iwcodec info``."""
+        p = self.params
+        lines = []
+        if p is not None:
+            lines += [
+                f"stream:      {p.width}x{p.height}, {_fps_text(p.fps)} fps, K={p.num_keypoints}, "
+                f"steps xy {p.xy_steps} / strength {p.s_steps}, predictor "
+                f"{p.predictor.name.lower()}",
+                f"weights id:  {p.weights_id.hex()}   entropy table id: {p.entropy_id.hex()}",
+            ]
+        complete = "yes" if self.problem is None else "NO"
+        lines += [
+            f"frames:      {self.frames} ({self.duration:.2f} s)   complete: {complete}",
+            f"keyframes:   {self.units['keyframe']}"
+            + (
+                " (" + ", ".join(f"{n} {c}" for c, n in sorted(self.keyframe_codecs.items())) + ")"
+                if self.keyframe_codecs
+                else ""
+            ),
+            "",
+            f"{'unit type':<12}{'units':>7}{'bytes':>11}{'kbps':>10}",
+        ]
+        for label in _TYPE_LABELS.values():
+            n, b = self.units[label], self.bytes[label]
+            lines.append(f"{label:<12}{n:>7}{b:>11}{self.kbps(b):>10.2f}")
+        if self.damaged_bytes or self.damaged_regions:
+            lines.append(
+                f"{'damaged':<12}{'':>7}{self.damaged_bytes:>11}"
+                f"{self.kbps(self.damaged_bytes):>10.2f}"
+            )
+        if self.tail_bytes:
+            lines.append(f"{'cut tail':<12}{'':>7}{self.tail_bytes:>11}{'':>10}")
+        lines.append(
+            f"{'total':<12}{sum(self.units.values()):>7}{self.file_bytes:>11}"
+            f"{self.kbps(self.file_bytes):>10.2f}"
+        )
+        kp_bytes = self.bytes["keypoints"]
+        per_frame = kp_bytes / self.keypoint_frames if self.keypoint_frames else 0.0
+        lines += [
+            "",
+            f"keyframes {self.kbps(self.bytes['keyframe']):.2f} kbps + keypoints "
+            f"{self.kbps(kp_bytes):.2f} kbps ({per_frame:.2f} B/frame) + headers "
+            f"{self.kbps(self.bytes['params'] + self.bytes['end']):.2f} kbps",
+        ]
+        if self.damaged_regions:
+            lines.append(
+                f"damage: {self.damaged_regions} damaged region(s), {self.damaged_bytes} bytes "
+                "skipped"
+            )
+        return "\n".join(lines)
+
+
+def _fps_text(fps: Fraction) -> str:
+    return str(fps.numerator) if fps.denominator == 1 else f"{fps} (= {float(fps):.3f})"
+
+
+def inspect_stream(path: str | Path) -> StreamInfo:
+    """Read a stream without decoding frames (``iwcodec info``).
+
+    Errors after the header (a cut or damaged end) are kept in ``problem`` so the numbers of
+    what could be read are still reported; an unreadable header raises.
+    """
+    path = Path(path)
+    try:
+        file_bytes = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    info = StreamInfo(file_bytes)
+    records = scan_stream(path)
+    first = read_header(records, path)
+    info.params = first.unit
+    offset = _account(info, first.offset, first.size, first.unit, 0)
+    try:
+        for record in records:
+            offset = _account(info, record.offset, record.size, record.unit, offset)
+    except BitstreamError as exc:
+        info.problem = exc
+        info.tail_bytes = file_bytes - offset
+    return info
+
+
+def _account(info: StreamInfo, at: int, size: int, unit: Unit, offset: int) -> int:
+    if at != offset:
+        info.damaged_regions += 1
+        info.damaged_bytes += at - offset
+    label = _TYPE_LABELS[unit.TYPE]
+    info.units[label] += 1
+    info.bytes[label] += size
+    if isinstance(unit, KeypointUnit):
+        info.keypoint_frames = max(info.keypoint_frames, unit.first_index + unit.count)
+    elif isinstance(unit, KeyframeUnit):
+        name = unit.codec.name.lower()
+        info.keyframe_codecs[name] = info.keyframe_codecs.get(name, 0) + 1
+    elif isinstance(unit, EndUnit):
+        info.end = unit
+    return at + size
