@@ -61,24 +61,25 @@ class SourceFeatures:
         """Several sources (same batch) as one key set, in the given order."""
         if len(parts) == 1:
             return parts[0]
-        return SourceFeatures(
-            *(torch.cat([getattr(p, f) for p in parts], 1) for f in SourceFeatures._fields())
-        )
+        return SourceFeatures(*(torch.cat([getattr(p, f) for p in parts], 1) for f in _FIELDS))
 
-    @staticmethod
-    def _fields() -> tuple[str, ...]:
-        return ("keys", "values", "pixels", "kp", "strength")
+    def regroup(self, batch: int) -> SourceFeatures:
+        """``batch * n`` one-source entries -> ``batch`` sets of ``n`` sources each
+        (keys (B*N, L, d) -> (B, N*L, d), kp (B*N, 1, K, 2) -> (B, N, K, 2))."""
+        return SourceFeatures(
+            *(getattr(self, f).reshape(batch, -1, *getattr(self, f).shape[2:]) for f in _FIELDS)
+        )
 
     def expand(self, batch: int) -> SourceFeatures:
         """Broadcast a batch-1 set over ``batch`` frames (no copy)."""
         if self.keys.shape[0] == batch:
             return self
         return SourceFeatures(
-            *(
-                getattr(self, f).expand(batch, *getattr(self, f).shape[1:])
-                for f in SourceFeatures._fields()
-            )
+            *(getattr(self, f).expand(batch, *getattr(self, f).shape[1:]) for f in _FIELDS)
         )
+
+
+_FIELDS = ("keys", "values", "pixels", "kp", "strength")
 
 
 def fourier_frequencies(dim: int, sigma: float) -> torch.Tensor:
@@ -300,20 +301,12 @@ class ImplicitWarpingModel(nn.Module):
         kp_all, s_all = self.detect(torch.cat(images, 0))
         kp_src, s_src = kp_all[: b * n], s_all[: b * n]
         kp_drv, s_drv = kp_all[b * n : b * n + b], s_all[b * n : b * n + b]
-        f = self.encode_source(sources.flatten(0, 1), kp_src, s_src)  # B*N sources
-        # (B*N, L, .) -> (B, N*L, .): the sources of one example form one key set.
-        src = SourceFeatures(
-            f.keys.reshape(b, -1, f.keys.shape[-1]),
-            f.values.reshape(b, -1, f.values.shape[-1]),
-            f.pixels.reshape(b, -1, 3),
-            kp_src.view(b, n, -1, 2),
-            s_src.view(b, n, -1),
-        )
+        src = self.encode_source(sources.flatten(0, 1), kp_src, s_src).regroup(b)  # B sets of N
         out = {
             "prediction": self.render(src, kp_drv, s_drv, key_bias),
             "kp_driving": kp_drv,
             "strength_driving": s_drv,
-            "kp_source": src.kp,
+            "kp_source": src.kp,  # (B, N, K, 2)
             "strength_source": src.strength,
         }
         if extra_detect is not None:

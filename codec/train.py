@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codec.config import LossWeights, ModelConfig, TrainConfig, tiny_config
 from codec.data import Clip, FrameBank, load_crop_cache, semantic_dropout_bias
+from codec.inference import reconstruct
 from codec.losses import (
     MultiScaleDiscriminator,
     RandomWarp,
@@ -42,7 +43,7 @@ from codec.losses import (
     keypoint_spread,
     separation_loss,
 )
-from codec.model import ImplicitWarpingModel, SourceFeatures, count_parameters
+from codec.model import ImplicitWarpingModel, count_parameters
 from codec.perceptual import LPIPS, PerceptualLoss, PerceptualLossConfig
 from codec.weights import save_weights
 
@@ -365,29 +366,6 @@ class Trainer:
                 break
         if log:
             log.close()
-
-
-@torch.no_grad()
-def reconstruct(
-    model: ImplicitWarpingModel, sources: torch.Tensor, targets: torch.Tensor, chunk: int = 16
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rebuild ``targets`` (T, 3, S, S) from ``sources`` (N, 3, S, S) as the receiver does:
-    source features once, then keypoints only. -> (pred (T, 3, S, S), kp_src (N, K, 2),
-    kp_targets (T, K, 2))."""
-    kp_s, s_s = model.detect(sources)
-    f = model.encode_source(sources, kp_s, s_s)  # N sources, batch N
-    src = SourceFeatures.concat(
-        [
-            SourceFeatures(*(getattr(f, n)[i : i + 1] for n in SourceFeatures._fields()))
-            for i in range(len(sources))
-        ]
-    )
-    preds, kps = [], []
-    for part in targets.split(chunk):
-        kp_d, s_d = model.detect(part)
-        preds.append(model.render(src, kp_d, s_d).float().clamp(0, 1))
-        kps.append(kp_d.float())
-    return torch.cat(preds), kp_s.float(), torch.cat(kps)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,0 +1,149 @@
+"""How well the model rebuilds held-out clips from 1, 2 or 3 source frames (issue #3).
+
+This measures the model, not the codec: the sources are the original face crops and the
+keypoints are unquantized (the codec's own losses are measured by ``iwcodec eval``). Each clip
+is reconstructed from its first frame, and from 2 and 3 sources (the first frame plus evenly
+spaced ones, as in the paper's Table 2), and compared with the "frozen keyframe" baselines:
+the first frame shown for every frame, and the nearer of the first and middle frames.
+
+    python -m eval.reconstruction /work/shared/data/val/*.mp4 --out results/validation
+
+writes ``validation.json`` (per clip and mean: PSNR, SSIM, LPIPS(alex), AKD, frames) and
+``validation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codec.inference import reconstruct
+from codec.perceptual import LPIPS
+from codec.weights import load_model
+from eval.akd import face_landmarks
+from eval.metrics import compute_metrics
+from sender.encoder import crop_input, to_tensor
+
+METRICS = ("psnr", "ssim", "lpips", "akd")
+
+
+def source_indices(num_frames: int, num_sources: int) -> list[int]:
+    """The first frame plus evenly spaced ones: 1 -> [0], 2 -> [0, T/2], 3 -> [0, T/3, 2T/3]."""
+    return [i * num_frames // num_sources for i in range(num_sources)]
+
+
+def frozen_frames(frames: np.ndarray, sources: list[int]) -> np.ndarray:
+    """Each frame replaced by the nearest of the source frames (the frozen-keyframe baseline)."""
+    t = np.arange(len(frames))
+    nearest = np.asarray(sources)[np.abs(t[:, None] - np.asarray(sources)[None]).argmin(1)]
+    return frames[nearest]
+
+
+def reconstruct_clip(
+    model, frames: np.ndarray, sources: list[int], device: torch.device, chunk: int = 8
+) -> np.ndarray:
+    """(T, S, S, 3) uint8 -> the model's reconstruction of every frame, (T, S, S, 3) uint8."""
+    out = []
+    src = to_tensor(frames[sources], device)
+    for start in range(0, len(frames), 64):
+        target = to_tensor(frames[start : start + 64], device)
+        pred, _, _ = reconstruct(model, src, target, chunk=chunk)
+        out.append((pred * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _summary(metrics: dict) -> dict:
+    keep = {k: metrics[k] for k in (*METRICS, "frames", "akd_frames", "psnr_inf_frames")}
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in keep.items()}
+
+
+def evaluate_clip(model, path: Path, device: torch.device, lpips: LPIPS, max_frames=None) -> dict:
+    clip = crop_input(path, model.cfg.image_size, max_frames)
+    frames = clip.frames
+    ref_landmarks = face_landmarks(frames)
+    result = {"frames": len(frames), "fps": float(clip.fps), "runs": {}}
+
+    def score(name: str, test: np.ndarray) -> None:
+        m = compute_metrics(frames, test, device, ref_landmarks=ref_landmarks, lpips_model=lpips)
+        result["runs"][name] = _summary(m)
+
+    for n in (1, 2, 3):
+        sources = source_indices(len(frames), n)
+        t0 = time.time()
+        pred = reconstruct_clip(model, frames, sources, device)
+        result.setdefault("render_fps", {})[f"{n}src"] = len(frames) / (time.time() - t0)
+        score(f"model_{n}src", pred)
+    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1)))
+    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2]))
+    return result
+
+
+def mean_over_clips(clips: dict) -> dict:
+    """Frame-weighted means of every run's metrics over the clips (AKD over frames with faces)."""
+    runs = next(iter(clips.values()))["runs"].keys()
+    out = {}
+    for run in runs:
+        out[run] = {}
+        for k in METRICS:
+            weight_key = "akd_frames" if k == "akd" else "frames"
+            vals = [(c["runs"][run][k], c["runs"][run][weight_key]) for c in clips.values()]
+            vals = [(v, w) for v, w in vals if np.isfinite(v) and w > 0]
+            out[run][k] = float(sum(v * w for v, w in vals) / sum(w for _, w in vals))
+    return out
+
+
+def write_report(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        "# Reconstruction on held-out clips",
+        "",
+        f"Weights `{result['weights']}` (id {result['weights_id']}), {result['machine']}.",
+        "Sources are original crops, keypoints unquantized; means are frame-weighted.",
+        "",
+        "| clip | run | PSNR dB | SSIM | LPIPS | AKD px |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, clip in [*result["clips"].items(), ("**mean**", {"runs": result["mean"]})]:
+        for run, m in clip["runs"].items():
+            lines.append(
+                f"| {name} | {run} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['lpips']:.3f} | {m['akd']:.2f} |"
+            )
+    (out / "validation.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.reconstruction", description=__doc__)
+    p.add_argument("clips", nargs="+", type=Path)
+    p.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
+    p.add_argument("--out", type=Path, default=Path("results/validation"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--max-frames", type=int, default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    model = load_model(args.weights, device=device)
+    lpips = LPIPS("alex", inputs="[0,1]").to(device)
+    result = {
+        "weights": str(model.weights_path),
+        "weights_id": model.weights_id.hex(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"{device.type}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, torch {torch.__version__}",
+        "clips": {},
+    }
+    for path in args.clips:
+        result["clips"][path.stem] = evaluate_clip(model, path, device, lpips, args.max_frames)
+        print(json.dumps({path.stem: result["clips"][path.stem]["runs"]}), flush=True)
+    result["mean"] = mean_over_clips(result["clips"])
+    write_report(result, args.out)
+    print((args.out / "validation.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
