@@ -10,8 +10,12 @@ Pipeline (each stage a function, ``encode_file`` chains them):
 4. :func:`encode_frames`: a parameter unit, the first frame as the keyframe (an image codec
    through PyAV), the keypoints as entropy-coded units, an end unit.
 
-The keyframe is the first frame; a smarter policy is a separate piece of work. Byte counts come
-from the bytes the stream writer really wrote.
+The keyframe is the first frame. ``EncodeOptions.keyframe_indices`` can name further frames to
+send as keyframes (the evaluation's "2 sources" operating point: first + middle frame); each is
+written just before the first keypoint unit that uses it, and every frame from it on is rebuilt
+from all keyframes sent so far (paper section 3: attention over the keys of several source
+frames at once), so the stream stays causal. A smarter policy is a separate piece of work. Byte
+counts come from the bytes the stream writer really wrote.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from bitstream import (
     load_prior,
 )
 from bitstream.quant import DEFAULT_S_STEPS, DEFAULT_XY_STEPS
+from bitstream.units import MAX_REFS
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
@@ -66,6 +71,8 @@ class EncodeOptions:
         batch_size: frames per keypoint-detector call.
         max_frames: encode at most this many frames (``None``: all).
         progress: show a progress bar on a terminal.
+        keyframe_indices: frames sent as keyframes, increasing, starting with 0 (at most 16);
+            frame i is rebuilt from every keyframe at or before i.
     """
 
     keyframe_codec: ImageCodec = DEFAULT_CODEC
@@ -79,6 +86,7 @@ class EncodeOptions:
     batch_size: int = 32
     max_frames: int | None = None
     progress: bool = True
+    keyframe_indices: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -213,17 +221,47 @@ def detect_keypoints(
 
 
 def keypoint_frames(
-    keypoints: np.ndarray, params: ParamsUnit, refs: tuple[int, ...] = (KEYFRAME_ID,)
+    keypoints: np.ndarray,
+    params: ParamsUnit,
+    refs: tuple[int, ...] = (KEYFRAME_ID,),
+    frame_refs: Sequence[tuple[int, ...]] | None = None,
 ) -> list[KeypointFrame]:
-    """(T, K, 3) keypoints -> frames at their nominal times ``params.nominal_pts(i)``.
+    """(T, K, 3) keypoints -> frames at their nominal times ``params.nominal_pts(i)``, each
+    referring to ``refs`` (or to ``frame_refs[i]`` when given, e.g. from :func:`refs_per_frame`).
 
     The offline codec is constant frame rate: the decoder writes frame i at i / fps, so
     variable-rate input is retimed to its nominal rate (as the crop already treats it).
     """
     return [
-        KeypointFrame(index=i, pts=params.nominal_pts(i), keypoints=kp, refs=refs)
+        KeypointFrame(
+            index=i,
+            pts=params.nominal_pts(i),
+            keypoints=kp,
+            refs=refs if frame_refs is None else frame_refs[i],
+        )
         for i, kp in enumerate(keypoints)
     ]
+
+
+def check_keyframe_indices(indices: Sequence[int]) -> tuple[int, ...]:
+    """The keyframe policy's frame indices: increasing, starting with 0, at most 16."""
+    out = tuple(int(i) for i in indices)
+    if not out or out[0] != 0 or any(b <= a for a, b in zip(out, out[1:])):
+        raise InputError(f"keyframe indices must increase and start with 0, got {list(indices)}")
+    if len(out) > MAX_REFS:
+        raise InputError(f"at most {MAX_REFS} keyframes can be referred to, got {len(out)}")
+    return out
+
+
+def refs_per_frame(n_frames: int, keyframe_indices: Sequence[int]) -> list[tuple[int, ...]]:
+    """Keyframe ids each frame is rebuilt from: keyframe j (sent at ``keyframe_indices[j]``)
+    serves every frame from its own on, so no frame waits for a later picture."""
+    refs, sent = [], 0
+    for i in range(n_frames):
+        while sent < len(keyframe_indices) and keyframe_indices[sent] <= i:
+            sent += 1
+        refs.append(tuple(range(sent)))
+    return refs
 
 
 def entropy_model(options: EncodeOptions) -> EntropyModel:
@@ -281,45 +319,72 @@ def encode_crops(
     """Encode face crops, each (S, S, 3) uint8 at the model's size ``S``, into a complete
     stream on ``out``: PARAMS, one KEYFRAME (the first crop), KEYPOINTS units, END.
 
-    ``crops`` is consumed once, a batch at a time, so a long clip is never held in memory;
-    ``total`` (the expected count) only sizes the progress bar. Returns the bytes written per
-    unit type.
+    ``crops`` is consumed once, a batch at a time, so a long clip is never held in memory
+    (only the crops named by ``options.keyframe_indices`` are kept); ``total`` (the expected
+    count) only sizes the progress bar. Returns the bytes written per unit type.
     """
     start = time.perf_counter()
     size = model.cfg.image_size
-    crops = (check_crop(c, size) for c in crops)
-    first = next(crops, None)
+    indices = check_keyframe_indices(options.keyframe_indices)
+    pictures: dict[int, np.ndarray] = {}  # later keyframes' crops, by frame index
+
+    def checked() -> Iterator[np.ndarray]:
+        for i, crop in enumerate(crops):
+            crop = check_crop(crop, size)
+            if i in indices[1:]:
+                pictures[i] = crop
+            yield crop
+
+    frames = checked()
+    first = next(frames, None)
     if first is None:
         raise InputError("no frames to encode")
     table = entropy_model(options)
     params = stream_params(model, fps, options, table)
     writer = StreamWriter(out)
     bytes_params = writer.write(params)
-    image = encode_keyframe(first, codec=options.keyframe_codec, quality=options.keyframe_quality)
-    bytes_keyframes = writer.write(
-        KeyframeUnit(
-            keyframe_id=KEYFRAME_ID, frame_index=0, codec=options.keyframe_codec, data=image
-        )
-    )
+    bytes_keyframes = writer.write(keyframe_unit(KEYFRAME_ID, 0, first, options))
     kp = detect_keypoints(
-        model, itertools.chain([first], crops), options.batch_size, options.progress, total
+        model, itertools.chain([first], frames), options.batch_size, options.progress, total
     )  # (T, K, 3)
+    if indices[-1] >= len(kp):
+        raise InputError(f"keyframe at frame {indices[-1]}, but the clip has {len(kp)} frames")
+    later = [
+        keyframe_unit(KEYFRAME_ID + j, i, pictures[i], options)
+        for j, i in enumerate(indices[1:], start=1)
+    ]
     coder = KeypointEncoder(params, table, resync_period=options.resync_period)
-    units = encode_track(keypoint_frames(kp, params), coder, options.frames_per_unit)
-    bytes_keypoints = sum(writer.write(unit) for unit in units)
+    track = keypoint_frames(kp, params, frame_refs=refs_per_frame(len(kp), indices))
+    units = encode_track(track, coder, options.frames_per_unit)
+    bytes_keypoints = 0
+    for unit in units:
+        # A keyframe goes out just before the first unit that refers to it.
+        while later and later[0].frame_index <= unit.first_index:
+            bytes_keyframes += writer.write(later.pop(0))
+        bytes_keypoints += writer.write(unit)
     bytes_end = writer.finish()
     return EncodeStats(
         frames=len(kp),
         fps=params.fps,
         width=params.width,
         height=params.height,
-        keyframes=1,
+        keyframes=len(indices),
         keypoint_units=len(units),
         bytes_params=bytes_params,
         bytes_keyframes=bytes_keyframes,
         bytes_keypoints=bytes_keypoints,
         bytes_end=bytes_end,
         seconds=time.perf_counter() - start,
+    )
+
+
+def keyframe_unit(
+    keyframe_id: int, frame_index: int, crop: np.ndarray, options: EncodeOptions
+) -> KeyframeUnit:
+    """One crop (S, S, 3) uint8 coded as a keyframe with the options' image codec."""
+    image = encode_keyframe(crop, codec=options.keyframe_codec, quality=options.keyframe_quality)
+    return KeyframeUnit(
+        keyframe_id=keyframe_id, frame_index=frame_index, codec=options.keyframe_codec, data=image
     )
 
 
@@ -400,5 +465,8 @@ __all__: Sequence[str] = [
     "encode_frames",
     "entropy_model",
     "keypoint_frames",
+    "keyframe_unit",
+    "refs_per_frame",
+    "check_keyframe_indices",
     "stream_params",
 ]
