@@ -49,10 +49,12 @@ class ModelConfig:
     motion_sigma: float = 0.2
     motion_background: float = 2.0
     residual_hidden: int = 256  # MLP of the residual branch (Fig. 3, purple)
-    # Fig. 3 concatenates the queries into the residual MLP. Trained on our 67 clips that lets
-    # the decoder paint a remembered face from the driving keypoints alone and ignore the
-    # source (measured: val PSNR 16 dB, outputs with a training clip's background), so by
-    # default the branch sees only the warped keys and pixels [A K, A P].
+    # Fig. 3 also concatenates the queries into the residual MLP. Off here: in a short run
+    # with the queries in, a val clip came out with a *training* clip's face and background
+    # (the decoder painting from the driving keypoints alone); without them every path from
+    # the driving keypoints goes through the attention weights. Metrics at 1100 steps did
+    # not separate the two (16.6 vs 16.8 dB, results/training/design_ablations.json): an
+    # open ablation for a longer run.
     residual_query: bool = False
     # Decoder.
     decoder_res_blocks: int = 8
