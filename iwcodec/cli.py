@@ -4,6 +4,7 @@
     iwcodec decode IN.iwc -o OUT.mp4    stream -> video (.mp4 H.264, .mkv lossless)
     iwcodec info IN.iwc                 units, bytes and kbps per unit type
     iwcodec demo                        bundled sample -> encode -> decode -> side by side
+    iwcodec eval CLIP... --out DIR      rate-quality evaluation against classic codecs
     iwcodec train ...                   train the model (codec.train)
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
@@ -93,8 +94,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     _model_options(p)
 
+    p = sub.add_parser(
+        "eval",
+        help="rate-quality evaluation: our codec, classic codecs, keyframe-only baseline",
+        description="Every clip is face-cropped once; our codec, x264/x265/VP8/VP9/SVT-AV1 and "
+        "the keyframe-only baseline are scored on the same crops. Resumable: a rerun with the "
+        "same --out skips what is done. Details: docs/evaluation.md.",
+    )
+    p.add_argument("clips", nargs="*", type=Path, help="video files or folders of them")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument(
+        "--points",
+        type=_names,
+        default=None,
+        help="our operating points, comma-separated (default: default,coarse,kf-q50,kf-q90,"
+        "2kf,low; also: fine; none)",
+    )
+    p.add_argument(
+        "--codecs",
+        type=_names,
+        default=None,
+        help="classic codecs (default: x264,x265,vp8,vp9,svtav1; none: skip them)",
+    )
+    p.add_argument("--modes", type=_names, default=None, help="lowdelay,best (default: both)")
+    p.add_argument(
+        "--targets",
+        type=_numbers,
+        default=None,
+        help="classic target kbps, comma-separated (default: 2,4,6,8,12,16,24,32,48,64,96)",
+    )
+    p.add_argument(
+        "--baseline-qualities",
+        type=_numbers,
+        default=None,
+        help="keyframe qualities of the keyframe-only baseline (default: 50,75,90; none)",
+    )
+    p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--no-akd", action="store_true", help="skip the landmark distance (AKD)")
+    p.add_argument(
+        "--replace-ours",
+        action="store_true",
+        help="DIR was made with other weights: drop our codec's records there and run them "
+        "again (classic and baseline records are kept)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rewrite summary.md, HEADLINE.md and the plots from DIR/results.json",
+    )
+    _model_options(p)
+
     sub.add_parser("train", help="train the model (iwcodec train --help)", add_help=False)
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names; "none" is the empty list."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names == ("none",) else names
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(n) for n in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
 
 
 def resolve_device(name: str):
@@ -180,13 +244,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from eval.run import EvalConfig, run_eval, write_report
+
+    if args.report_only:
+        for path in write_report(args.out):
+            print(path)
+        return 0
+    from codec.weights import DEFAULT_WEIGHTS
+    from eval.classic import CODECS, MODES
+    from eval.operating_points import (
+        DEFAULT_BASELINE_QUALITIES,
+        DEFAULT_TARGETS_KBPS,
+        plan_from_names,
+    )
+    from sender.cache import find_videos
+
+    clips = find_videos(args.clips)
+    if not clips:
+        raise IWCodecError("no clips to evaluate: name video files or folders holding them")
+    plan = plan_from_names(
+        args.points,
+        args.codecs if args.codecs is not None else CODECS,
+        args.modes if args.modes is not None else MODES,
+        args.targets if args.targets is not None else DEFAULT_TARGETS_KBPS,
+        tuple(int(q) for q in args.baseline_qualities)
+        if args.baseline_qualities is not None
+        else DEFAULT_BASELINE_QUALITIES,
+    )
+    config = EvalConfig(
+        clips=tuple(clips),
+        out_dir=args.out,
+        plan=plan,
+        max_frames=args.max_frames,
+        with_akd=not args.no_akd,
+        progress=not args.quiet,
+        replace_ours=args.replace_ours,
+    )
+    run = run_eval(config, load(args), args.weights if args.weights else DEFAULT_WEIGHTS)
+    print(
+        f"{args.out}: {len(run.records)} records ({run.done_now} new, {run.skipped} already "
+        f"there); summary in {args.out / 'summary.md'}"
+    )
+    headline = args.out / "HEADLINE.md"
+    if headline.is_file():
+        print(headline.read_text())
+    if run.failures:
+        raise IWCodecError(
+            f"{len(run.failures)} jobs failed (listed in {args.out / 'failed.json'}); "
+            "a rerun retries them"
+        )
+    return 0
+
+
 def cmd_train(argv: list[str]) -> int:
     from codec.train import main as train_main
 
     return train_main(argv)
 
 
-COMMANDS = {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {
+    "encode": cmd_encode,
+    "decode": cmd_decode,
+    "info": cmd_info,
+    "demo": cmd_demo,
+    "eval": cmd_eval,
+}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
