@@ -38,7 +38,7 @@ from sender.encoder import EncodeOptions
 from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting
 
 #: Classic codec targets (kbps): from below every encoder's floor to ~10x our default point.
-DEFAULT_TARGETS_KBPS: tuple[float, ...] = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96)
+DEFAULT_TARGETS_KBPS: tuple[float, ...] = (2, 4, 8, 12, 16, 24, 32, 48, 64)
 #: Keyframe qualities of the keyframe-only baseline (the ones our points use).
 DEFAULT_BASELINE_QUALITIES: tuple[int, ...] = (50, 75, 90)
 

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         type=_numbers,
         default=None,
-        help="classic target kbps, comma-separated (default: 2,4,6,8,12,16,24,32,48,64,96)",
+        help="classic target kbps, comma-separated (default: 2,4,8,12,16,24,32,48,64)",
     )
     p.add_argument(
         "--baseline-qualities",
