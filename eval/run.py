@@ -27,6 +27,8 @@ already in ``results.json``; a folder of results made with other weights is refu
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -484,6 +486,20 @@ def _job(
     raise TypeError(f"not an operating point: {point!r}")
 
 
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, work: Path):
+    """Hold ``work/.eval.lock`` for the run: two runs appending to one results.json would
+    overwrite each other's records."""
+    with open(work / ".eval.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"another `iwcodec eval` is writing to {out_dir}") from None
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
 def run_eval(
     config: EvalConfig,
     model: ImplicitWarpingModel,
@@ -500,6 +516,18 @@ def run_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(config.work_dir) if config.work_dir is not None else out_dir / "work"
     _work_gitignore(work)
+    with folder_lock(out_dir, work):
+        return _run_locked(config, model, weights, log, out_dir, work)
+
+
+def _run_locked(
+    config: EvalConfig,
+    model: ImplicitWarpingModel,
+    weights: str | Path | None,
+    log: Callable[[str], None] | None,
+    out_dir: Path,
+    work: Path,
+) -> EvalRun:
     say = log if log is not None else (tqdm.write if config.progress else (lambda _: None))
     device = next(model.parameters()).device
     store = ResultStore(out_dir)
