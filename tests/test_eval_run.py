@@ -1,0 +1,190 @@
+"""``iwcodec eval`` end to end on CPU with a tiny random model (64 px crops): results.json,
+plots, summary, resuming, and the keyframe policy the "2kf" point uses.
+
+The model is untrained: these tests check bytes, counts, the schema and the run's
+bookkeeping, never reconstruction quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from bitstream import KeyframeUnit, KeypointUnit, read_units
+from codec.config import tiny_config
+from codec.model import ImplicitWarpingModel
+from codec.weights import save_weights
+from eval import run as eval_run
+from eval.results import load_results, validate_record
+from iwcodec.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "iwcodec" / "samples" / "sample.mp4"
+FRAMES = 10
+
+
+def tiny_weights(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_weights(ImplicitWarpingModel(tiny_config()), path)
+    return path
+
+
+def short_clip(path: Path, frames: int = FRAMES) -> Path:
+    """The first frames of the bundled sample (a real face, so the crop finds one)."""
+    with av.open(str(SAMPLE)) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width = stream.height = 256
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "14", "preset": "ultrafast"}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == frames:
+                break
+            rgb = frame.to_ndarray(format="rgb24")
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("eval")
+    return {
+        "dir": d,
+        "weights": tiny_weights(d / "tiny.safetensors", seed=0),
+        "clip": short_clip(d / "talk.mp4"),
+    }
+
+
+def _args(setup: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "eval",
+        str(setup["clip"]),
+        "--out",
+        str(out),
+        "--weights",
+        str(setup["weights"]),
+        "--device",
+        "cpu",
+        "--points",
+        "default,2kf",
+        "--codecs",
+        "x264",
+        "--modes",
+        "lowdelay",
+        "--targets",
+        "8,64",
+        "--baseline-qualities",
+        "75",
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(setup: dict[str, Path]) -> Path:
+    out = setup["dir"] / "results"
+    assert main(_args(setup, out)) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_eval_writes_results_plots_and_summary(finished: Path) -> None:
+    records = load_results(finished)
+    keys = sorted(r["key"] for r in records)
+    assert keys == [
+        "iwcodec/2kf",
+        "iwcodec/default",
+        "keyframe-only/av1-q75-1kf",
+        "keyframe-only/av1-q75-2kf",
+        "x264/lowdelay/64kbps",
+        "x264/lowdelay/8kbps",
+    ]
+    for r in records:
+        validate_record(r)
+        assert r["clip"] == "talk" and r["frames"] == FRAMES and r["fps"] == 25.0
+        assert r["kbps"] == pytest.approx(r["bytes"] * 8 / (FRAMES / 25) / 1000)
+        per_frame = np.load(finished / r["per_frame"])
+        assert per_frame["lpips"].shape == (FRAMES,)
+        assert abs(per_frame["lpips"].mean() - r["lpips"]) < 1e-5
+    ours = {r["key"]: r for r in records if r["codec"] == "iwcodec"}
+    for r in ours.values():
+        stream = finished / r["stream"]
+        assert r["bytes"] == stream.stat().st_size == sum(r["bytes_split"].values())
+        assert r["params"]["xy_steps"] == 512 and r["decode_fps"] > 0
+    units = list(read_units((finished / ours["iwcodec/2kf"]["stream"]).read_bytes()))
+    keyframes = [u for u in units if isinstance(u, KeyframeUnit)]
+    assert [k.frame_index for k in keyframes] == [0, FRAMES // 2]
+    refs = {u.first_index: u.refs for u in units if isinstance(u, KeypointUnit)}
+    assert refs[0] == (0,) and refs[FRAMES // 2] == (0, 1)
+    base = {r["params"]["keyframes"]: r for r in records if r["codec"] == "keyframe-only"}
+    # The baseline's bytes are the keyframe image alone; our stream adds framing and keypoints.
+    assert base[1]["bytes"] < ours["iwcodec/default"]["bytes_split"]["keyframes"]
+    assert base[2]["bytes"] > base[1]["bytes"]
+
+    for metric in ("psnr", "ssim", "ms_ssim", "lpips", "akd"):
+        assert (finished / f"rd_{metric}.png").stat().st_size > 1000
+        assert (finished / f"rd_{metric}_per_clip.png").is_file()
+    summary = (finished / "summary.md").read_text()
+    assert "Rate each classic setting" in summary and "x264 lowdelay" in summary
+    assert "x264 lowdelay" in (finished / "HEADLINE.md").read_text()
+    run = json.loads((finished / "run.json").read_text())
+    machine = run["machines"][-1]
+    assert machine["device"] == "cpu" and machine["torch"] == torch.__version__
+    assert machine["cores"] >= 1 and machine["cpu"]
+    assert run["clips"]["talk"]["frames"] == FRAMES and run["model"]["image_size"] == 64
+    assert (finished / "work" / ".gitignore").read_text() == "*\n"
+
+
+@pytest.mark.slow
+def test_rerun_skips_done_records(finished: Path, setup, monkeypatch) -> None:
+    before = (finished / "results.json").read_text()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished job ran again")
+
+    monkeypatch.setattr(eval_run, "_job", must_not_run)
+    assert main(_args(setup, finished)) == 0
+    assert (finished / "results.json").read_text() == before
+
+    # Remove one record as an interrupted run would have left it: only that job runs again.
+    records = json.loads(before)
+    gone = next(r for r in records if r["key"] == "x264/lowdelay/8kbps")
+    (finished / "results.json").write_text(json.dumps([r for r in records if r is not gone]))
+    calls = []
+    monkeypatch.setattr(
+        eval_run, "_job", lambda point, *a: calls.append(point.key) or real_job(point, *a)
+    )
+    assert main(_args(setup, finished)) == 0
+    assert calls == ["x264/lowdelay/8kbps"]
+    again = {r["key"]: r for r in load_results(finished)}
+    assert again["x264/lowdelay/8kbps"]["bytes"] == gone["bytes"]  # the same encode again
+
+
+real_job = eval_run._job
+
+
+@pytest.mark.slow
+def test_other_weights_are_refused_or_replace_ours(finished: Path, setup, capsys) -> None:
+    other = tiny_weights(setup["dir"] / "other.safetensors", seed=1)
+    args = _args(setup, finished)
+    args[args.index("--weights") + 1] = str(other)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--replace-ours" in err and "iwcodec: error:" in err
+    before = {r["key"]: r for r in load_results(finished)}
+    assert main([*args, "--replace-ours"]) == 0
+    after = {r["key"]: r for r in load_results(finished)}
+    assert after.keys() == before.keys()
+    assert after["x264/lowdelay/64kbps"] == before["x264/lowdelay/64kbps"]  # kept as it was
+    assert after["iwcodec/default"]["weights_id"] != before["iwcodec/default"]["weights_id"]
+
+
+def test_report_only_needs_no_clips(tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--out", str(tmp_path), "--report-only"]) == 2
+    assert "no results file" in capsys.readouterr().err
+    assert main(["eval", "--out", str(tmp_path)]) == 2
+    assert "no clips" in capsys.readouterr().err
