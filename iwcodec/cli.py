@@ -6,6 +6,8 @@
     iwcodec demo                        bundled sample -> encode -> decode -> side by side
     iwcodec eval CLIP... --out DIR      rate-quality evaluation against classic codecs
     iwcodec train ...                   train the model (codec.train)
+    iwcodec signal --token T            signaling server for calls (rooms, shared token)
+    iwcodec call --room R --signal URL  one peer of a live call (docs/calls.md)
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
 no traceback; :class:`BitstreamWarning` s as ``iwcodec: warning: <message>`` lines. Usage and
@@ -145,6 +147,61 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
 
     sub.add_parser("train", help="train the model (iwcodec train --help)", add_help=False)
+
+    p = sub.add_parser("signal", help="run the signaling server for calls (docs/calls.md)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    p.add_argument("--port", type=int, default=8765, help="default: 8765")
+    p.add_argument(
+        "--token", default=None, help="room token (default: $IWCODEC_TOKEN, else a random one)"
+    )
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss:// instead")
+    p.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
+
+    p = sub.add_parser("call", help="join a live call (docs/calls.md)")
+    p.add_argument("--room", required=True, help="room name, the same on both sides")
+    p.add_argument("--signal", required=True, help="signaling server, ws://HOST:PORT/ws")
+    p.add_argument("--token", default=None, help="room token (default: $IWCODEC_TOKEN)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, default=None, help="a video file, played in a loop")
+    source.add_argument("--camera", default=None, help="a camera, e.g. /dev/video0")
+    p.add_argument(
+        "--audio",
+        default="auto",
+        help="auto (the file's audio or the microphone, else silence), tone, silence, off, "
+        "mic:DEVICE",
+    )
+    p.add_argument("--audio-bitrate", type=int, default=None, help="Opus bit/s (default 16000)")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="stun:HOST[:PORT] or turn:USER:PASS@HOST[:PORT] (repeatable; default: none)",
+    )
+    p.add_argument("--record", type=Path, default=None, help="record the other side (.mp4/.mkv)")
+    p.add_argument(
+        "--view-port", type=int, default=8080, help="viewer page port on 127.0.0.1 (0: any)"
+    )
+    p.add_argument("--no-view", action="store_true", help="serve no viewer page")
+    p.add_argument("--duration", type=float, default=None, help="hang up after S seconds")
+    p.add_argument("--wait", type=float, default=None, help="give up if nobody joins in S s")
+    p.add_argument(
+        "--frames-per-message",
+        type=int,
+        default=None,
+        help="keypoint frames per message (default: as many as keep <= 10 messages/s)",
+    )
+    p.add_argument(
+        "--sack",
+        choices=("bundled", "delayed", "immediate"),
+        default="bundled",
+        help="SCTP acknowledgements (docs/calls.md; default: bundled)",
+    )
+    p.add_argument("--stats", type=Path, default=None, help="write the call's numbers (JSON)")
+    p.add_argument(
+        "--timeline", action="store_true", help="with --stats: per-frame times (latency)"
+    )
+    _model_options(p)
     return parser
 
 
@@ -303,12 +360,80 @@ def cmd_train(argv: list[str]) -> int:
     return train_main(argv)
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token if args.token is not None else os.environ.get("IWCODEC_TOKEN")
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from receiver.signaling import new_token, serve_signaling, tls_context
+
+    token = _token(args)
+    if not token:
+        token = new_token()
+        print(f"iwcodec signal: room token {token}", flush=True)
+    ssl_context = tls_context(args.tls_cert, args.tls_key)
+    ready = lambda url: print(f"iwcodec signal: listening on {url}", flush=True)  # noqa: E731
+    asyncio.run(serve_signaling(token, args.host, args.port, ssl_context, ready))
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bitstream import BitstreamWarning
+    from receiver.call import CallOptions, configure_threads, run_call, stderr_status
+    from receiver.rtc import SackPolicy
+    from sender.call import CallSender, SendOptions
+    from sender.live import DEFAULT_AUDIO_BITRATE, CameraSource, FileSource, audio_input
+
+    token = _token(args)
+    if not token:
+        raise IWCodecError("a room token is needed: --token T or IWCODEC_TOKEN")
+    # a call reports lost frames in its statistics; one warning per lost unit would flood
+    warnings.simplefilter("ignore", BitstreamWarning)
+    video = FileSource(args.input) if args.input is not None else CameraSource(args.camera)
+    audio = audio_input(args.audio, args.input)
+    model = load(args)
+    configure_threads(model)
+    sender = CallSender(
+        model,
+        video,
+        audio,
+        SendOptions(
+            frames_per_message=args.frames_per_message,
+            audio_bitrate=args.audio_bitrate or DEFAULT_AUDIO_BITRATE,
+            timeline=args.timeline,
+        ),
+    )
+    options = CallOptions(
+        room=args.room,
+        signal_url=args.signal,
+        token=token,
+        ice_servers=tuple(args.ice_server),
+        view_port=None if args.no_view else args.view_port,
+        record=args.record,
+        duration=args.duration,
+        wait_timeout=args.wait,
+        sack_policy=SackPolicy(args.sack),
+        stats_path=args.stats,
+        timeline=args.timeline,
+        status=None if args.quiet else stderr_status,
+    )
+    report = asyncio.run(run_call(options, model, sender))
+    print(f"iwcodec call: {report.ended} after {report.seconds:.1f} s")
+    return 0
+
+
 COMMANDS = {
     "encode": cmd_encode,
     "decode": cmd_decode,
     "info": cmd_info,
     "demo": cmd_demo,
     "eval": cmd_eval,
+    "signal": cmd_signal,
+    "call": cmd_call,
 }
 
 

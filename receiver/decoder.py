@@ -390,6 +390,11 @@ class Decoder:
         self._combined = (refs, src)
         return src
 
+    def features(self, refs: tuple[int, ...]) -> SourceFeatures | None:
+        """Cached source features of keyframes ``refs`` (None while one is missing), for a live
+        receiver that decodes keypoints itself and renders only the frames it can show."""
+        return self._features(refs)
+
     @torch.inference_mode()
     def render(self, src: SourceFeatures, keypoints: np.ndarray) -> np.ndarray:
         """Frames from source features (batch 1) and keypoints (B, K, 3) -> (B, H, W, 3) uint8."""

@@ -1,0 +1,423 @@
+"""The receiving half of a call: messages in, rendered frames out, on a worker thread.
+
+:class:`LiveReceiver` takes the messages of the two media channels as they arrive (from the
+event loop, which only enqueues them) and, on its own thread:
+
+1. parses each message into units (``bitstream.parse_packet``; a damaged message is dropped
+   whole and counted);
+2. checks the parameter unit against the loaded model (``receiver.decoder.Decoder``: other
+   weights, size or K end the call with a :class:`CallError`), decodes keyframes and caches
+   their source features;
+3. decodes every keypoint unit (``bitstream.KeypointDecoder``, joining at whatever index comes
+   first) and keeps track of lost frames and of whether the chain needs a resync;
+4. renders the decoded frames one at a time (``Decoder.render``: the same call, on the same
+   features, as the file decoder with ``batch_size=1``, so frames equal an offline decode of
+   the same units). When rendering is slower than the stream (the full model on a CPU), older
+   frames are skipped and the newest ones shown: a lower frame rate, never a growing delay.
+
+Rendered frames go back to the loop, where :class:`Playout` spaces them out at the stream's
+own rate (bundled frames arrive together) and the call shows and records them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from bitstream import (
+    TIMESCALE,
+    KeyframeUnit,
+    KeypointDecoder,
+    KeypointUnit,
+    ParamsUnit,
+    parse_packet,
+)
+from codec.model import ImplicitWarpingModel
+from iwcodec.errors import BitstreamError, CallError, IWCodecError, ModelMismatchError
+from receiver.decoder import Decoder, find_entropy_model
+from receiver.writer import VideoWriter
+
+log = logging.getLogger(__name__)
+
+#: Largest message accepted per channel; aiortc itself advertises 256 KiB messages.
+MAX_RELIABLE_BYTES = 256 * 1024
+MAX_KEYPOINT_BYTES = 8 * 1024
+#: How long frames may refer to a keyframe that has not arrived before one is asked for.
+KEYFRAME_GRACE = 2.0
+LOSS_WINDOW = 3.0  # seconds over which the reported loss fraction is computed
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    """A reconstructed picture: ``rgb`` (H, W, 3) uint8 (read-only), frame ``index`` and
+    ``pts`` (1/90000 s) of the remote stream, ``arrival`` of its message and ``ready`` time
+    (both ``time.time()``)."""
+
+    index: int
+    pts: int
+    rgb: np.ndarray = field(repr=False)
+    arrival: float
+    ready: float
+
+
+@dataclass
+class ReceiverStats:
+    """Counters of the receiving half (written by the worker, read by the loop)."""
+
+    keypoint_messages: int = 0
+    keypoint_bytes: int = 0
+    reliable_messages: int = 0
+    reliable_bytes: int = 0
+    damaged_messages: int = 0  # unparsable, oversized or of the wrong kind
+    early_units: int = 0  # keypoints before the parameter unit
+    frames_decoded: int = 0
+    frames_lost: int = 0
+    frames_rendered: int = 0
+    frames_skipped: int = 0  # decoded but not rendered: rendering is behind
+    frames_without_keyframe: int = 0
+    keyframes: int = 0
+    bad_keyframes: int = 0
+    resync_units: int = 0
+    render_seconds: float = 0.0  # moving mean per frame
+    recoveries: list[float] = field(default_factory=list)  # seconds from a break to decoding
+    arrivals: dict[int, float] = field(default_factory=dict)  # index -> arrival (timeline)
+
+
+class LiveReceiver:
+    """Decodes and renders one remote stream on a worker thread (see the module docstring).
+
+    Args:
+        model: the loaded model, shared with the sending half (inference only).
+        on_frame: called on the event loop's thread with each :class:`RenderedFrame`.
+        on_error: called on the loop's thread with a CallError that ends the call (model
+            mismatch).
+        timeline: keep each frame's arrival time (latency measurements).
+        render: False decodes keypoints but renders nothing (measuring the transport on a
+            machine that cannot render in real time).
+    """
+
+    def __init__(
+        self,
+        model: ImplicitWarpingModel,
+        loop: asyncio.AbstractEventLoop,
+        on_frame: Callable[[RenderedFrame], None],
+        on_error: Callable[[BaseException], None],
+        timeline: bool = False,
+        render: bool = True,
+    ) -> None:
+        self.model = model
+        self.render = render
+        self.loop = loop
+        self.on_frame = on_frame
+        self.on_error = on_error
+        self.timeline = timeline
+        self.stats = ReceiverStats()
+        self.params: ParamsUnit | None = None
+        self.decoder: Decoder | None = None
+        self._keypoints: KeypointDecoder | None = None
+        self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
+        self._pending: deque[tuple[int, int, np.ndarray, tuple[int, ...], float]] = deque()
+        self._backlog = 2
+        self._thread: threading.Thread | None = None
+        self._broken_since: float | None = None
+        self._missing: dict[int, float] = {}  # keyframe id -> first time a frame needed it
+        self._bad_keyframe: int | None = None
+        self._loss: deque[tuple[float, int, int]] = deque()  # (t, decoded, lost)
+        # read by the loop's thread; plain values written by the worker
+        self.needs_resync = False
+        self.missing_keyframe: int | None = None
+        self.loss_permille = 0
+
+    # ----------------------------------------------------------------------- loop side
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="iwcodec-receive", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def push_reliable(self, data: bytes) -> None:
+        self._inbox.put(("reliable", data, time.time()))
+
+    def push_keypoints(self, data: bytes) -> None:
+        self._inbox.put(("keypoints", data, time.time()))
+
+    @property
+    def fps(self) -> Fraction | None:
+        return self.params.fps if self.params is not None else None
+
+    # ---------------------------------------------------------------------- worker side
+    def _run(self) -> None:
+        try:
+            while True:
+                block = not self._pending
+                try:
+                    item = self._inbox.get(block=block)
+                except queue.Empty:
+                    item = ()
+                if item is None:
+                    return
+                while item:
+                    self._handle(*item)
+                    try:
+                        item = self._inbox.get_nowait()
+                    except queue.Empty:
+                        item = ()
+                    if item is None:
+                        return
+                self._render_next()
+        except CallError as exc:
+            self._report(exc)
+        except Exception as exc:  # a bug: end the call with it rather than hang
+            log.exception("receiver worker failed")
+            self._report(CallError(f"the receiver failed: {exc.__class__.__name__}: {exc}"))
+
+    def _report(self, exc: BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.on_error, exc)
+        except RuntimeError:
+            pass
+
+    def _handle(self, channel: str, data: bytes, t: float) -> None:
+        if channel == "reliable":
+            self.stats.reliable_messages += 1
+            self.stats.reliable_bytes += len(data)
+            limit = MAX_RELIABLE_BYTES
+        else:
+            self.stats.keypoint_messages += 1
+            self.stats.keypoint_bytes += len(data)
+            limit = MAX_KEYPOINT_BYTES
+        if len(data) > limit:
+            self.stats.damaged_messages += 1
+            return
+        try:
+            units = parse_packet(data)
+        except BitstreamError:
+            self.stats.damaged_messages += 1
+            if channel == "keypoints":
+                self._chain_broken(t)
+            return
+        for unit in units:
+            if isinstance(unit, ParamsUnit):
+                self._params(unit)
+            elif isinstance(unit, KeyframeUnit) and channel == "reliable":
+                self._keyframe(unit)
+            elif isinstance(unit, KeypointUnit) and channel == "keypoints":
+                self._keypoint_unit(unit, t)
+            else:
+                self.stats.damaged_messages += 1  # a unit on a channel it does not belong to
+
+    def _params(self, unit: ParamsUnit) -> None:
+        if self.params is not None:
+            if unit != self.params:
+                self.stats.damaged_messages += 1
+            return
+        try:
+            self.decoder = Decoder(self.model, unit, first_index=None, batch_size=1)
+            table = find_entropy_model(unit.entropy_id)
+        except ModelMismatchError as exc:
+            raise CallError(f"the other peer's stream does not fit this model: {exc}") from None
+        self._keypoints = KeypointDecoder(unit, table, first_index=None)
+        self.params = unit
+
+    def _keyframe(self, unit: KeyframeUnit) -> None:
+        if self.decoder is None:
+            self.stats.damaged_messages += 1
+            return
+        before = self.decoder.stats.bad_keyframes
+        self.decoder.add_keyframe(unit)
+        if self.decoder.stats.bad_keyframes > before:
+            self.stats.bad_keyframes += 1
+            self.missing_keyframe = unit.keyframe_id
+            return
+        self.stats.keyframes += 1
+        self._missing.pop(unit.keyframe_id, None)
+        if self.missing_keyframe is not None and self.missing_keyframe <= unit.keyframe_id:
+            self.missing_keyframe = None
+
+    def _keypoint_unit(self, unit: KeypointUnit, t: float) -> None:
+        if self._keypoints is None:
+            self.stats.early_units += 1
+            self._chain_broken(t)
+            return
+        result = self._keypoints.decode(unit)
+        lost = result.num_lost
+        self.stats.frames_lost += lost
+        if lost:
+            self._chain_broken(t)
+        if result.frames:
+            self.stats.frames_decoded += len(result.frames)
+            self.stats.resync_units += int(unit.resync)
+            if self._broken_since is not None and not self._keypoints.needs_resync:
+                self.stats.recoveries.append(t - self._broken_since)
+                self._broken_since = None
+            self._backlog = max(2, unit.count)
+            for f in result.frames:
+                self._pending.append((f.index, f.pts, f.keypoints, f.refs, t))
+                if self.timeline and len(self.stats.arrivals) < 1_000_000:
+                    self.stats.arrivals[f.index] = t
+        self._note_loss(t, len(result.frames), lost)
+        self.needs_resync = self._keypoints.needs_resync
+
+    def _chain_broken(self, t: float) -> None:
+        if self._broken_since is None:
+            self._broken_since = t
+        self.needs_resync = True
+
+    def _note_loss(self, t: float, decoded: int, lost: int) -> None:
+        self._loss.append((t, decoded, lost))
+        while self._loss and self._loss[0][0] < t - LOSS_WINDOW:
+            self._loss.popleft()
+        total = sum(d + n for _, d, n in self._loss)
+        self.loss_permille = round(1000 * sum(n for _, _, n in self._loss) / total) if total else 0
+
+    def _render_next(self) -> None:
+        if not self.render:
+            self._pending.clear()
+            return
+        while len(self._pending) > self._backlog:
+            self._pending.popleft()
+            self.stats.frames_skipped += 1
+        if not self._pending or self.decoder is None:
+            return
+        index, pts, kp, refs, arrival = self._pending.popleft()
+        src = self.decoder.features(refs)
+        if src is None:
+            self.stats.frames_without_keyframe += 1
+            now = time.time()
+            for ref in refs:
+                first = self._missing.setdefault(ref, now)
+                if now - first >= KEYFRAME_GRACE:
+                    self.missing_keyframe = ref
+            return
+        start = time.perf_counter()
+        rgb = self.decoder.render(src, kp[None])[0]  # (H, W, 3) uint8
+        took = time.perf_counter() - start
+        self.stats.render_seconds += 0.1 * (took - self.stats.render_seconds)
+        rgb.setflags(write=False)
+        self.stats.frames_rendered += 1
+        frame = RenderedFrame(index, pts, rgb, arrival, time.time())
+        try:
+            self.loop.call_soon_threadsafe(self.on_frame, frame)
+        except RuntimeError:  # the loop is gone: the call ended
+            pass
+
+
+class Playout:
+    """When to show each rendered frame: at ``base + pts``, with ``base`` a high percentile of
+    recent ``ready - pts`` plus a margin.
+
+    Frames bundled into one message are ready together; showing frame i at ``base + pts_i``
+    spreads them out at the stream's own rate. ``base`` rises at once when frames start coming
+    later and creeps down when the path gets faster, so the latency follows the path without
+    jerky motion. The percentile (not the maximum) keeps one stalled frame (a CPU hiccup) from
+    setting everyone's delay; that frame is shown as soon as it is ready.
+    """
+
+    def __init__(
+        self,
+        window: float = 2.0,
+        percentile: float = 95.0,
+        margin: float = 0.004,
+        decay: float = 0.02,
+    ) -> None:
+        self.window = window
+        self.percentile = percentile
+        self.margin = margin
+        self.decay = decay
+        self.base: float | None = None
+        self._seen: deque[tuple[float, float]] = deque()  # (ready, ready - pts)
+
+    def due(self, ready: float, pts: int) -> float:
+        """Display time (``time.time()`` clock) of a frame ready at ``ready``."""
+        pts_s = pts / TIMESCALE
+        self._seen.append((ready, ready - pts_s))
+        while self._seen and self._seen[0][0] < ready - self.window:
+            self._seen.popleft()
+        delays = np.fromiter((d for _, d in self._seen), np.float64, len(self._seen))
+        target = float(np.percentile(delays, self.percentile)) + self.margin
+        if self.base is None or target > self.base:
+            self.base = target
+        else:
+            self.base += self.decay * (target - self.base)
+        return self.base + pts_s
+
+
+class Recorder:
+    """Writes the shown frames to a video file on its own thread, at the remote stream's rate.
+
+    Frames that were never shown (lost, skipped) repeat the picture before them, so the file
+    keeps the stream's timing; a jump of more than ``max_hold`` frames is not filled.
+    """
+
+    def __init__(self, path: str | Path, max_hold_seconds: float = 10.0) -> None:
+        self.path = Path(path)
+        self.max_hold_seconds = max_hold_seconds
+        self._queue: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue(maxsize=256)
+        self._writer: VideoWriter | None = None
+        self._thread: threading.Thread | None = None
+        self._fps: Fraction | None = None
+        self.error: IWCodecError | None = None
+        self.frames = 0
+        self.dropped = 0
+
+    def open(self, width: int, height: int, fps: Fraction) -> None:
+        self._writer = VideoWriter(self.path, width, height, fps)
+        self._fps = fps
+        self._thread = threading.Thread(target=self._run, name="iwcodec-record", daemon=True)
+        self._thread.start()
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    def add(self, index: int, rgb: np.ndarray) -> None:
+        try:
+            self._queue.put_nowait((index, rgb))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        assert self._writer is not None and self._fps is not None
+        max_hold = int(self.max_hold_seconds * float(self._fps))
+        last: tuple[int, np.ndarray] | None = None
+        try:
+            while (item := self._queue.get()) is not None:
+                index, rgb = item
+                if last is not None and 1 < index - last[0] <= max_hold:
+                    for _ in range(index - last[0] - 1):
+                        self._writer.write(last[1])
+                        self.frames += 1
+                self._writer.write(rgb)
+                self.frames += 1
+                last = item
+        except IWCodecError as exc:
+            self.error = exc
+            self._writer.abort()
+
+    def close(self) -> Path | None:
+        """Finish the file (it appears under its name only now); None if nothing was written."""
+        if self._writer is None:
+            return None
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(30)
+        if self.error is not None:
+            raise self.error
+        if self.frames == 0:
+            self._writer.abort()
+            return None
+        return self._writer.close()
