@@ -58,7 +58,13 @@ from receiver import control
 from receiver.control import KeyframeRequest, Ping, Pong, ResyncRequest
 from receiver.decoder import shipped_entropy_models
 from receiver.live import LiveReceiver, Playout, Recorder, RenderedFrame
-from receiver.rtc import SackPolicy, WireCounter, install_sack_policy, rtc_configuration
+from receiver.rtc import (
+    SackPolicy,
+    WireCounter,
+    can_gather_host_candidates,
+    install_sack_policy,
+    rtc_configuration,
+)
 from receiver.signaling import SignalingClient
 from receiver.viewer import KIND_LOCAL, KIND_REMOTE, Viewer
 
@@ -407,6 +413,21 @@ class Call:
 
     async def _connect(self, sig: SignalingClient) -> None:
         self.say("connecting")
+        if not self.options.ice_servers and not can_gather_host_candidates():
+            raise CallError(
+                "this machine has no network address besides 127.0.0.1, which WebRTC (aioice) "
+                "does not offer: connect a network or give a TURN server with --ice-server"
+            )
+        # the receiver exists before any channel does: the other side may send first
+        self.receiver = LiveReceiver(
+            self.model,
+            asyncio.get_running_loop(),
+            self._on_rendered,
+            self.fail,
+            timeline=self.options.timeline,
+            render=self.options.render,
+        )
+        self.receiver.start()
         pc = self.pc = RTCPeerConnection(rtc_configuration(self.options.ice_servers))
         pc.on("track", self._on_track)
         track = self.outgoing.audio_track
@@ -434,26 +455,26 @@ class Call:
             await sig.relay({"kind": "sdp", "type": "answer", "sdp": pc.localDescription.sdp})
         while not all(c.readyState == "open" for c in self.channels.values()):
             if pc.connectionState in ("failed", "closed"):
-                raise CallError(
-                    "could not connect to the other peer (ICE failed: no network path; give a "
-                    "STUN/TURN server with --ice-server)"
-                )
+                raise CallError(self._connect_failure(pc))
             await asyncio.sleep(0.02)
         self.wire.attach(pc)  # sockets made during the checks
         self._sack = install_sack_policy(pc, self.options.sack_policy, self.options.sack_delay)
 
-    async def _talk(self, sig: SignalingClient) -> str:
-        loop = asyncio.get_running_loop()
-        self._connected_at = time.time()
-        self.receiver = LiveReceiver(
-            self.model,
-            loop,
-            self._on_rendered,
-            self.fail,
-            timeline=self.options.timeline,
-            render=self.options.render,
+    @staticmethod
+    def _connect_failure(pc: RTCPeerConnection) -> str:
+        dtls = pc.sctp.transport.state if pc.sctp is not None else "?"
+        if pc.iceConnectionState == "failed":
+            return (
+                "could not connect to the other peer: no network path between the two (ICE "
+                "failed; behind NAT give a STUN/TURN server with --ice-server)"
+            )
+        return (
+            f"could not connect to the other peer: the secure session failed (ICE "
+            f"{pc.iceConnectionState}, DTLS {dtls})"
         )
-        self.receiver.start()
+
+    async def _talk(self, sig: SignalingClient) -> str:
+        self._connected_at = time.time()
         self.pc.on("connectionstatechange", self._on_state)
         self.say("in the call")
         if self.hooks.on_connected is not None:
@@ -525,6 +546,15 @@ class Call:
 
     # --------------------------------------------------------------------------- incoming
     def _on_message(self, name: str, data: bytes | str) -> None:
+        # aiortc runs this inside its DTLS receive loop, where an exception would tear the
+        # connection down: nothing the other peer sends may raise here
+        try:
+            self._take_message(name, data)
+        except Exception:
+            log.exception("a message on channel %s could not be handled", name)
+            self.counts["bad_control"] += 1
+
+    def _take_message(self, name: str, data: bytes | str) -> None:
         if isinstance(data, str):
             self.counts["bad_control"] += 1
             return
@@ -754,7 +784,7 @@ class Call:
                 summary["steady"] = self._rates(steady[0], last)
             summary["totals"] = last
             r = self.receiver.stats
-            summary["recoveries_s"] = list(r.recoveries)
+            summary["outages_s"] = list(r.outages)
             summary["render_ms"] = r.render_seconds * 1000
             summary["rtt_ms"] = None if self.rtt is None else self.rtt * 1000
             summary["latency_estimate_ms"] = None if self.latency is None else self.latency * 1000

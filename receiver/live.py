@@ -89,7 +89,8 @@ class ReceiverStats:
     bad_keyframes: int = 0
     resync_units: int = 0
     render_seconds: float = 0.0  # moving mean per frame
-    recoveries: list[float] = field(default_factory=list)  # seconds from a break to decoding
+    # per loss: seconds from the last message decoded before it to the first decoded after it
+    outages: list[float] = field(default_factory=list)
     arrivals: dict[int, float] = field(default_factory=dict)  # index -> arrival (timeline)
 
 
@@ -130,6 +131,7 @@ class LiveReceiver:
         self._backlog = 2
         self._thread: threading.Thread | None = None
         self._broken_since: float | None = None
+        self._last_good: float | None = None  # arrival of the last message that decoded
         self._missing: dict[int, float] = {}  # keyframe id -> first time a frame needed it
         self._bad_keyframe: int | None = None
         self._loss: deque[tuple[float, int, int]] = deque()  # (t, decoded, lost)
@@ -137,6 +139,7 @@ class LiveReceiver:
         self.needs_resync = False
         self.missing_keyframe: int | None = None
         self.loss_permille = 0
+        self.handled = 0  # messages taken from the inbox and processed
 
     # ----------------------------------------------------------------------- loop side
     def start(self) -> None:
@@ -172,6 +175,7 @@ class LiveReceiver:
                     return
                 while item:
                     self._handle(*item)
+                    self.handled += 1
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
@@ -262,8 +266,9 @@ class LiveReceiver:
             self.stats.frames_decoded += len(result.frames)
             self.stats.resync_units += int(unit.resync)
             if self._broken_since is not None and not self._keypoints.needs_resync:
-                self.stats.recoveries.append(t - self._broken_since)
+                self.stats.outages.append(t - self._broken_since)
                 self._broken_since = None
+            self._last_good = t
             self._backlog = max(2, unit.count)
             for f in result.frames:
                 self._pending.append((f.index, f.pts, f.keypoints, f.refs, t))
@@ -274,7 +279,7 @@ class LiveReceiver:
 
     def _chain_broken(self, t: float) -> None:
         if self._broken_since is None:
-            self._broken_since = t
+            self._broken_since = self._last_good if self._last_good is not None else t
         self.needs_resync = True
 
     def _note_loss(self, t: float, decoded: int, lost: int) -> None:

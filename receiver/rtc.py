@@ -81,6 +81,20 @@ def rtc_configuration(ice_servers: Sequence[str] = ()) -> RTCConfiguration:
     )
 
 
+def can_gather_host_candidates() -> bool:
+    """Whether aioice will find an address to offer: it skips 127.0.0.1 (and ::1), so on a
+    machine (or network namespace) with nothing but loopback no peer can be reached."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and ip.ip != "127.0.0.1":
+                return True
+            if isinstance(ip.ip, tuple) and ip.ip[0] != "::1" and ip.ip[2] == 0:
+                return True
+    return False
+
+
 # ------------------------------------------------------------------------------- SACK policy
 
 

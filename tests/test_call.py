@@ -24,6 +24,7 @@ from iwcodec.errors import CallError
 from receiver import control
 from receiver.call import CallHooks, CallOptions, run_call
 from receiver.decoder import Decoder
+from receiver.rtc import can_gather_host_candidates
 from receiver.signaling import SignalingClient, SignalingServer
 from sender.call import CallSender, SendOptions
 
@@ -34,23 +35,8 @@ Peer, run_pair = call_measure.Peer, call_measure.run_pair
 CALL_SECONDS = 6.0
 
 
-def has_network_address() -> bool:
-    """aioice offers no 127.0.0.1 candidate: two peers on one machine need another address."""
-    import ifaddr
-
-    return any(
-        isinstance(ip.ip, str) and ip.ip != "127.0.0.1"
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-    ) or any(
-        isinstance(ip.ip, tuple) and ip.ip[0] != "::1" and ip.ip[2] == 0
-        for adapter in ifaddr.get_adapters()
-        for ip in adapter.ips
-    )
-
-
 pytestmark = pytest.mark.skipif(
-    not has_network_address(),
+    not can_gather_host_candidates(),
     reason="no network address besides loopback: aioice gathers no candidate for 127.0.0.1",
 )
 

@@ -1,0 +1,301 @@
+"""The pieces of a call without a network: control messages, ICE server options, the peer
+check, bundling, playout timing, and the live receiver under loss and resync (an in-memory
+channel that drops messages, as aiortc's own tests do for media)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bitstream import TIMESCALE, ImageCodec, KeyframeUnit, KeypointEncoder, KeypointFrame
+from bitstream.synthetic import synthetic_track
+from iwcodec.errors import CallError
+from receiver import control
+from receiver.call import PROTOCOL, check_peer
+from receiver.decoder import Decoder
+from receiver.live import LiveReceiver, Playout
+from receiver.rtc import datagram_kind, parse_ice_server, rtc_configuration
+from sender.call import auto_frames_per_message
+from sender.encoder import EncodeOptions, entropy_model, stream_params
+from sender.keyframe import encode_keyframe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+call_measure = importlib.import_module("tools.call_measure")
+
+MESSAGES = [
+    control.Ping(7, 123456, 80),
+    control.Pong(65535, 2**32 - 1),
+    control.ResyncRequest(1000),
+    control.KeyframeRequest(3),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_control_messages_round_trip_and_refuse_every_truncation(msg):
+    data = control.to_bytes(msg)
+    assert control.parse_message(data) == msg
+    parsed, rest = control.parse(data + b"tail")
+    assert parsed == msg and bytes(rest) == b"tail"
+    for cut in range(len(data)):
+        with pytest.raises(CallError):
+            control.parse_message(data[:cut])
+    with pytest.raises(CallError, match="trailing"):
+        control.parse_message(data + b"\x00")
+
+
+def test_control_messages_refuse_junk():
+    with pytest.raises(CallError, match="unknown type"):
+        control.parse_message(b"\x63\x00\x00")
+    with pytest.raises(CallError, match="out of range"):
+        control.parse_message(b"\x03\x03\xe9")  # loss 1001 per mille
+    with pytest.raises(CallError, match="at most"):
+        control.parse_message(b"\x01" * 100)
+    assert control.to_bytes(control.Ping(1, 2, 10**9)) == control.to_bytes(
+        control.Ping(1, 2, 65535)
+    )
+
+
+def test_ice_servers_from_options():
+    assert rtc_configuration().iceServers == []  # never a public STUN host by default
+    stun = parse_ice_server("stun:stun.example.org:3478")
+    assert stun.urls == "stun:stun.example.org:3478" and stun.username is None
+    turn = parse_ice_server("turn:alice:pa:ss@turn.example.org:3478?transport=tcp")
+    assert (turn.urls, turn.username, turn.credential) == (
+        "turn:turn.example.org:3478?transport=tcp",
+        "alice",
+        "pa:ss",
+    )
+    for bad in ("http://x", "stun", "turn:turn.example.org", "stun:a:b:c", "turn:@host"):
+        with pytest.raises(CallError):
+            parse_ice_server(bad)
+
+
+def test_datagram_kinds():
+    assert datagram_kind(b"\x00\x01") == "stun"
+    assert datagram_kind(b"\x17\xfe\xfd") == "dtls"
+    assert datagram_kind(b"\x80\x6f") == "srtp"
+    assert datagram_kind(b"") == "other"
+
+
+def test_peer_check_names_what_differs():
+    mine = {"protocol": PROTOCOL, "weights_id": "aa" * 8, "entropy_id": None}
+    from receiver.decoder import shipped_entropy_models
+
+    held = next(iter(shipped_entropy_models())).hex()
+    mine["entropy_id"] = held
+    check_peer(mine, dict(mine))
+    with pytest.raises(CallError, match="not an iwcodec peer"):
+        check_peer(mine, ["garbage"])
+    with pytest.raises(CallError, match="protocol"):
+        check_peer(mine, {**mine, "protocol": 99})
+    with pytest.raises(CallError, match=f"model mismatch.*{'aa' * 8}.*{'bb' * 8}"):
+        check_peer(mine, {**mine, "weights_id": "bb" * 8})
+    with pytest.raises(CallError, match="entropy table 0123"):
+        check_peer(mine, {**mine, "entropy_id": "0123"})
+
+
+def test_automatic_bundling_keeps_messages_at_ten_per_second():
+    assert [auto_frames_per_message(f) for f in (10, 24, 25, 30, 35, 60)] == [1, 3, 3, 3, 4, 6]
+    assert auto_frames_per_message(30000 / 1001) == 3
+
+
+def test_playout_spreads_bundled_frames_at_the_stream_rate():
+    fps, n, path = 30, 3, 0.02
+    play = Playout()
+
+    def capture(i: int) -> float:
+        return 1000.0 + i / fps
+
+    def pts(i: int) -> int:
+        return round(i * TIMESCALE / fps)
+
+    shown = []
+    for k in range(60):  # a bundle of n frames, ready together once its last one is captured
+        ready = capture(k * n + n - 1) + path
+        shown += [play.due(ready, pts(i)) for i in range(k * n, k * n + n)]
+    steps = np.diff(shown[30:])
+    assert np.allclose(steps, 1 / fps, atol=1e-3), steps[:10]
+    # each frame waits for its bundle ((n - 1) frame periods) and the path, not more
+    latency = np.array(shown[30:]) - np.array([capture(i) for i in range(30, len(shown))])
+    expected = (n - 1) / fps + path
+    assert np.all(latency >= expected - 1e-6) and np.all(latency < expected + 0.01), latency[:5]
+
+    # a 0.5 s stall (the renderer, or the path, hiccups): the frames behind it are shown late,
+    # then the delay comes back down within a few seconds instead of staying up
+    ready_prev = 0.0
+    late_shown = []
+    for k in range(60, 240):
+        arrival = capture(k * n + n - 1) + path + (0.5 if k == 70 else 0.0)
+        ready_prev = max(arrival, ready_prev)  # one worker: frames are ready in order
+        late_shown += [(i, play.due(ready_prev, pts(i))) for i in range(k * n, k * n + n)]
+    delay = {i: t - capture(i) for i, t in late_shown}
+    assert max(delay.values()) > 0.5  # the stalled frames waited
+    assert all(t >= capture(i) for i, t in late_shown)
+    assert delay[239 * n] < expected + 0.05  # 5 s later the delay is back down
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # two threads (worker, test) share the cores, as in a call (receiver.call.configure_threads)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return call_measure.tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+def run_receiver(model, messages, answer_resync):
+    """Feed (channel, bytes) messages to a LiveReceiver in order; ``answer_resync()`` is called
+    after each one while the receiver wants a resync. Returns rendered frames and stats."""
+    frames = {}
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        errors = []
+        rx = LiveReceiver(model, loop, lambda f: frames.__setitem__(f.index, f), errors.append)
+        rx.start()
+        try:
+            for pushed, (channel, data) in enumerate(messages(), start=1):
+                if channel == "kf":
+                    rx.push_reliable(data)
+                else:
+                    rx.push_keypoints(data)
+                await idle(rx, pushed)
+                if rx.needs_resync:
+                    answer_resync()
+        finally:
+            rx.stop()
+        await asyncio.sleep(0)
+        assert not errors, errors
+        return rx
+
+    async def idle(rx, pushed):
+        # the worker renders a message's frames before it takes the next one
+        for _ in range(5000):
+            if rx.handled == pushed and not rx._pending:
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the receiver did not keep up")
+
+    rx = asyncio.run(scenario())
+    return frames, rx
+
+
+def test_live_receiver_recovers_through_resync_and_matches_the_offline_decode(model):
+    torch.manual_seed(0)
+    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+    table = entropy_model(EncodeOptions())
+    rng = np.random.default_rng(1)
+    track = synthetic_track(rng, 60, model.cfg.num_kp)  # (60, K, 3)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    keyframe = KeyframeUnit(0, 0, ImageCodec.PNG, encode_keyframe(image, ImageCodec.PNG))
+    encoder = KeypointEncoder(params, table, resync_period=10_000)
+    dropped = {4, 11, 12}  # a lone loss and a burst
+    delivered = [params, keyframe]
+
+    def messages():
+        yield "kf", params.to_bytes() + keyframe.to_bytes()
+        for u in range(20):
+            frames = [
+                KeypointFrame(i, params.nominal_pts(i), track[i], (0,))
+                for i in range(3 * u, 3 * u + 3)
+            ]
+            unit = encoder.encode(frames)
+            if u in dropped:
+                continue
+            delivered.append(unit)
+            yield "kp", unit.to_bytes()
+
+    frames, rx = run_receiver(model, messages, encoder.request_resync)
+    # lost: the dropped units and the ones after them until the requested resync arrived
+    lost = {i for u in dropped for i in range(3 * u, 3 * u + 3)}
+    assert rx.stats.frames_lost >= len(lost)
+    assert len(rx.stats.outages) == 2
+    decoder = Decoder(model, params, batch_size=1)
+    offline = {f.index: f.rgb for unit in delivered[1:] for f in decoder.push(unit) if not f.held}
+    assert set(frames) == set(offline)
+    assert 60 - len(frames) == rx.stats.frames_lost
+    for index, f in frames.items():
+        assert np.array_equal(f.rgb, offline[index])
+    # every chain break cost exactly one unit beyond the dropped ones: the next is a resync
+    assert rx.stats.frames_lost == len(lost) + 3 * 2
+
+
+def test_live_receiver_refuses_junk_and_a_stream_for_other_weights(model, tmp_path):
+    other = call_measure.tiny_model(tmp_path / "other.safetensors", seed=5)
+    params = stream_params(other, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException] = []
+        rx = LiveReceiver(model, loop, lambda f: None, errors.append)
+        rx.start()
+        rx.push_keypoints(b"garbage")
+        rx.push_keypoints(b"\x8aIW" + bytes(10_000))
+        rx.push_reliable(b"\x8aIW\x01")
+        rx.push_reliable(params.to_bytes())
+        for _ in range(500):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+        rx.stop()
+        return rx, errors
+
+    rx, errors = asyncio.run(scenario())
+    assert rx.stats.damaged_messages == 3
+    assert len(errors) == 1 and isinstance(errors[0], CallError)
+    assert "does not fit this model" in str(errors[0]) and other.weights_id.hex() in str(errors[0])
+
+
+def test_live_receiver_skips_to_the_newest_frames_when_rendering_is_slow(model):
+    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+    table = entropy_model(EncodeOptions())
+    track = synthetic_track(np.random.default_rng(2), 60, model.cfg.num_kp)
+    image = (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8)
+    keyframe = KeyframeUnit(0, 0, ImageCodec.PNG, encode_keyframe(image, ImageCodec.PNG))
+    encoder = KeypointEncoder(params, table)
+    shown: list[int] = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        rx = LiveReceiver(model, loop, lambda f: shown.append(f.index), lambda e: None)
+        slow_render = rx._render_next
+
+        def render_slowly():
+            time.sleep(0.02)  # a renderer slower than the messages come
+            slow_render()
+
+        rx._render_next = render_slowly
+        rx.start()
+        rx.push_reliable(params.to_bytes() + keyframe.to_bytes())
+        for u in range(20):
+            frames = [
+                KeypointFrame(i, params.nominal_pts(i), track[i], (0,))
+                for i in range(3 * u, 3 * u + 3)
+            ]
+            rx.push_keypoints(encoder.encode(frames).to_bytes())
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if rx._inbox.empty() and not rx._pending:
+                break
+        rx.stop()
+        await asyncio.sleep(0.01)
+        return rx
+
+    rx = asyncio.run(scenario())
+    assert rx.stats.frames_decoded == 60
+    assert rx.stats.frames_skipped > 0
+    assert shown == sorted(shown) and shown[-1] == 59
+    assert rx.stats.frames_rendered + rx.stats.frames_skipped == 60
