@@ -3,6 +3,9 @@
 Means over clips: a point (eval/operating_points.py ``key``) is averaged over the clips only
 when it has a record for every clip of the folder (each clip weighs the same: kbps and every
 metric are plain means of the per-clip values); points missing a clip are listed, not averaged.
+A metric's mean is empty ("-") when a clip has no value for it (AKD where no decoded frame
+shows a face; PSNR of a clip decoded without any loss); AKD cells say how many decoded frames
+had no face (AKD averages only frames where both sides show one).
 
 Rate needed to equal our LPIPS, per classic setting family (a curve of mean points):
 
@@ -76,8 +79,10 @@ class RateMatch:
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+    """Mean of the clips' values; None if a clip has none (e.g. AKD where no decoded frame
+    shows a face): a mean over the other clips would flatter the codec."""
+    vals = list(values)
+    return float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
 
 
 def mean_points(
@@ -219,8 +224,14 @@ def _metric_cells(p: MeanPoint) -> list[str]:
         _f(m["ssim"], 4),
         _f(m["ms_ssim"], 4),
         _f(m["lpips"], 4),
-        _f(m["akd"], 2),
+        _f(m["akd"], 2) + _faceless(p),
     ]
+
+
+def _faceless(p: MeanPoint) -> str:
+    # AKD averages only frames where both sides show a face: say how many decoded ones did not.
+    n = p.extra.get("akd_no_face_test", 0)
+    return f" ({n} faceless)" if n else ""
 
 
 METRIC_HEADER = ["PSNR dB", "SSIM", "MS-SSIM", "LPIPS", "AKD px"]

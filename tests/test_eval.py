@@ -256,6 +256,7 @@ def test_summary_from_json_alone(tmp_path: Path) -> None:
                     bytes=nbytes,
                     kbps=kbps(nbytes, 250, 25.0),
                     lpips=lp,
+                    akd=None if (clip, target) == ("b", 2) else 1.0,  # no face decoded at all
                 )
             )
         nbytes = int(4 * scale * 1000 / 8 * 10)
@@ -276,6 +277,9 @@ def test_summary_from_json_alone(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(records))
     points, incomplete = mean_points(load_results(tmp_path))
     assert incomplete == ["x264/lowdelay/99kbps"]
+    by_key = {p.key: p for p in points}
+    assert by_key["x265/best/2kbps"].metrics["akd"] is None  # not the mean of clip "a" alone
+    assert by_key["x265/best/8kbps"].metrics["akd"] == 1.0
     ours = next(p for p in points if p.codec == "iwcodec")
     assert ours.kbps == pytest.approx(6.0) and ours.metrics["lpips"] == pytest.approx(0.2)
     paths = write_summary(tmp_path)
