@@ -278,6 +278,7 @@ class Call:
         self.last_shown = -1
         self._shown_times: deque[float] = deque()
         self.shown_at: dict[int, float] = {}
+        self.ready_at: dict[int, float] = {}
         self._end: asyncio.Future[str] | None = None
         self._error: BaseException | None = None
         self._tasks: list[asyncio.Task] = []
@@ -628,6 +629,7 @@ class Call:
         self._shown_times.append(now)
         if self.options.timeline and len(self.shown_at) < 1_000_000:
             self.shown_at[frame.index] = now
+            self.ready_at[frame.index] = frame.ready
         # glass to glass without shared clocks: the far side's capture-to-send delay, half the
         # round trip, and our arrival-to-display time
         if self.rtt is not None:
@@ -702,6 +704,8 @@ class Call:
                 "resync_units",
                 "frames_without_keyframe",
                 "early_units",
+                "dropped_keyframes",
+                "overflow",
             ):
                 out[f"rx_{key}"] = getattr(r, key)
         out.update(self.counts)
@@ -804,6 +808,7 @@ class Call:
                     str(k): v
                     for k, v in (self.receiver.stats.arrivals if self.receiver else {}).items()
                 },
+                "ready": {str(k): v for k, v in self.ready_at.items()},
                 "shown": {str(k): v for k, v in self.shown_at.items()},
             }
         return CallReport(

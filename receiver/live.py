@@ -22,6 +22,7 @@ own rate (bundled frames arrive together) and the call shows and records them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -54,6 +55,11 @@ MAX_RELIABLE_BYTES = 256 * 1024
 MAX_KEYPOINT_BYTES = 8 * 1024
 #: How long frames may refer to a keyframe that has not arrived before one is asked for.
 KEYFRAME_GRACE = 2.0
+#: Keyframes closer together than this are dropped: an honest sender sends one every
+#: ``sender.call.MIN_KEYFRAME_INTERVAL`` (2 s) at most, and each costs a decode on this thread.
+MIN_KEYFRAME_SPACING = 1.0
+#: Messages waiting for the worker; beyond this a flood is dropped, not queued.
+MAX_INBOX = 1000
 LOSS_WINDOW = 3.0  # seconds over which the reported loss fraction is computed
 
 
@@ -87,6 +93,8 @@ class ReceiverStats:
     frames_without_keyframe: int = 0
     keyframes: int = 0
     bad_keyframes: int = 0
+    dropped_keyframes: int = 0  # too soon after the previous one
+    overflow: int = 0  # messages dropped because the worker was too far behind
     resync_units: int = 0
     render_seconds: float = 0.0  # moving mean per frame
     # per loss: seconds from the last message decoded before it to the first decoded after it
@@ -126,7 +134,9 @@ class LiveReceiver:
         self.params: ParamsUnit | None = None
         self.decoder: Decoder | None = None
         self._keypoints: KeypointDecoder | None = None
-        self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(MAX_INBOX)
+        self._halt = threading.Event()
+        self._last_keyframe = -float("inf")
         self._pending: deque[tuple[int, int, np.ndarray, tuple[int, ...], float]] = deque()
         self._backlog = 2
         self._thread: threading.Thread | None = None
@@ -148,15 +158,23 @@ class LiveReceiver:
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is not None:
-            self._inbox.put(None)
+            self._halt.set()
+            with contextlib.suppress(queue.Full):
+                self._inbox.put_nowait(None)  # wakes a waiting worker
             self._thread.join(timeout)
             self._thread = None
 
     def push_reliable(self, data: bytes) -> None:
-        self._inbox.put(("reliable", data, time.time()))
+        self._push(("reliable", data, time.time()))
 
     def push_keypoints(self, data: bytes) -> None:
-        self._inbox.put(("keypoints", data, time.time()))
+        self._push(("keypoints", data, time.time()))
+
+    def _push(self, item: tuple[str, bytes, float]) -> None:
+        try:
+            self._inbox.put_nowait(item)
+        except queue.Full:
+            self.stats.overflow += 1
 
     @property
     def fps(self) -> Fraction | None:
@@ -165,14 +183,12 @@ class LiveReceiver:
     # ---------------------------------------------------------------------- worker side
     def _run(self) -> None:
         try:
-            while True:
-                block = not self._pending
+            while not self._halt.is_set():
                 try:
-                    item = self._inbox.get(block=block)
+                    item = self._inbox.get(timeout=None if not self._pending else 0)
                 except queue.Empty:
                     item = ()
-                if item is None:
-                    return
+                # take every waiting message first (decoding keypoints is cheap), then render
                 while item:
                     self._handle(*item)
                     self.handled += 1
@@ -180,8 +196,8 @@ class LiveReceiver:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
                         item = ()
-                    if item is None:
-                        return
+                if self._halt.is_set():
+                    return
                 self._render_next()
         except CallError as exc:
             self._report(exc)
@@ -241,6 +257,11 @@ class LiveReceiver:
         if self.decoder is None:
             self.stats.damaged_messages += 1
             return
+        now = time.monotonic()
+        if now - self._last_keyframe < MIN_KEYFRAME_SPACING:
+            self.stats.dropped_keyframes += 1
+            return
+        self._last_keyframe = now
         before = self.decoder.stats.bad_keyframes
         self.decoder.add_keyframe(unit)
         if self.decoder.stats.bad_keyframes > before:
@@ -329,13 +350,14 @@ class Playout:
     spreads them out at the stream's own rate. ``base`` rises at once when frames start coming
     later and creeps down when the path gets faster, so the latency follows the path without
     jerky motion. The percentile (not the maximum) keeps one stalled frame (a CPU hiccup) from
-    setting everyone's delay; that frame is shown as soon as it is ready.
+    setting everyone's delay; that frame is shown as soon as it is ready. At 90 the first
+    frame of each bundle (which waited longest) still sets the delay for bundles of up to 9.
     """
 
     def __init__(
         self,
         window: float = 2.0,
-        percentile: float = 95.0,
+        percentile: float = 90.0,
         margin: float = 0.004,
         decay: float = 0.02,
     ) -> None:
@@ -347,7 +369,8 @@ class Playout:
         self._seen: deque[tuple[float, float]] = deque()  # (ready, ready - pts)
 
     def due(self, ready: float, pts: int) -> float:
-        """Display time (``time.time()`` clock) of a frame ready at ``ready``."""
+        """Display time (``time.time()`` clock) of a frame ready at ``ready``: never before
+        ``ready`` (a frame later than the percentile is shown as soon as it is ready)."""
         pts_s = pts / TIMESCALE
         self._seen.append((ready, ready - pts_s))
         while self._seen and self._seen[0][0] < ready - self.window:
@@ -358,7 +381,7 @@ class Playout:
             self.base = target
         else:
             self.base += self.decay * (target - self.base)
-        return self.base + pts_s
+        return max(ready, self.base + pts_s)
 
 
 class Recorder:

@@ -24,6 +24,7 @@ from bitstream import ImageCodec
 from receiver.call import CallHooks
 from receiver.keyframe import decode_keyframe
 from receiver.rtc import can_gather_host_candidates
+from sender.keyframe import encode_keyframe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 call_measure = importlib.import_module("tools.call_measure")
@@ -183,3 +184,7 @@ def test_viewer_page_shows_moving_video_in_headless_chromium(tmp_path):
     assert shots["label_1"] != shots["label_2"]
     assert shots["stats"] not in ("–", None, "")
     assert shots["status"] == "in the call"
+    page = shots["page"]
+    (tmp_path / "viewer.png").write_bytes(
+        encode_keyframe(page[: page.shape[0] // 2 * 2, : page.shape[1] // 2 * 2], ImageCodec.PNG)
+    )

@@ -83,6 +83,63 @@ def retimed_sample(path: Path, fps: Fraction, frames: int | None = None) -> Path
     return path
 
 
+class ReplayedKeypoints(torch.nn.Module):
+    """Stands in for a model on the sending side only: same weights id, config and device as
+    ``model`` (so the far side accepts the stream), but ``detect`` hands out a recorded
+    keypoint track in order (looping), e.g. the trained detector's keypoints on the same clip.
+    Lets a CPU that cannot run the trained detector twice in real time still send keypoints
+    with their real statistics; the receiver renders with ``model`` as usual."""
+
+    def __init__(self, model: ImplicitWarpingModel, track: np.ndarray) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = model.cfg
+        self.weights_id = model.weights_id
+        self.track = torch.from_numpy(np.ascontiguousarray(track))  # (T, K, 3)
+        self.position = 0
+
+    def parameters(self, recurse: bool = True):
+        return self.model.parameters(recurse)
+
+    def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = image.shape[0]
+        idx = torch.arange(self.position, self.position + b) % len(self.track)
+        self.position += b
+        kp = self.track[idx]  # (B, K, 3)
+        return kp[..., :2].clone(), kp[..., 2].clone()
+
+
+def trained_track(clip: Path) -> np.ndarray:
+    """The shipped model's keypoints on a clip's face crops, (T, K, 3)."""
+    from sender.encoder import crop_input, detect_keypoints
+
+    shipped = load_model(DEFAULT_WEIGHTS)
+    frames = crop_input(clip, shipped.cfg.image_size).frames
+    return detect_keypoints(shipped, frames, progress=False)
+
+
+class SilentSender:
+    """A sending half that introduces itself like ``sender`` but sends nothing: for one-way
+    measurements, so that the machine's CPU serves one direction only."""
+
+    def __init__(self, sender: CallSender) -> None:
+        self._hello = sender.hello()
+        self.audio_track = None
+        self.stats = sender.stats
+
+    def hello(self) -> dict:
+        return self._hello
+
+    async def run(self, link) -> None:
+        await asyncio.Event().wait()
+
+    def request_resync(self, loss_permille: int = 0) -> None:
+        pass
+
+    def request_keyframe(self, keyframe_id: int | None = None) -> None:
+        pass
+
+
 @dataclass
 class Peer:
     """One side of an in-process call."""
@@ -96,11 +153,17 @@ class Peer:
     record: Path | None = None
     render: bool = True
     extra: dict = field(default_factory=dict)  # other CallOptions fields
+    keypoints: np.ndarray | None = None  # replay this (T, K, 3) track instead of detecting
+    silent: bool = False  # send nothing (one-way measurements)
 
-    def sender(self, timeline: bool = False) -> CallSender:
+    def sender(self, timeline: bool = False) -> CallSender | SilentSender:
         audio = {"tone": ToneInput, "silence": SilenceInput}.get(self.audio)
         send = dataclasses.replace(self.send, timeline=self.send.timeline or timeline)
-        return CallSender(self.model, FileSource(self.input), audio() if audio else None, send)
+        model = (
+            self.model if self.keypoints is None else ReplayedKeypoints(self.model, self.keypoints)
+        )
+        sender = CallSender(model, FileSource(self.input), audio() if audio else None, send)
+        return SilentSender(sender) if self.silent else sender
 
 
 async def run_pair(
@@ -157,6 +220,9 @@ def latency_stats(
     keys = [k for k in keys if capture[k] >= t0 + skip_s]
     total = np.array([shown[k] - capture[k] for k in keys]) * 1000
     net = np.array([arrival[k] - capture[k] for k in keys if k in arrival]) * 1000
+    ready = receiver_report.timeline.get("ready", {})
+    render = np.array([ready[k] - arrival[k] for k in keys if k in ready and k in arrival]) * 1000
+    wait = np.array([shown[k] - ready[k] for k in keys if k in ready]) * 1000
     if not len(total):
         return {}
     return {
@@ -165,6 +231,8 @@ def latency_stats(
         "p90_ms": float(np.percentile(total, 90)),
         "p99_ms": float(np.percentile(total, 99)),
         "capture_to_arrival_median_ms": float(np.median(net)) if len(net) else None,
+        "arrival_to_ready_median_ms": float(np.median(render)) if len(render) else None,
+        "ready_to_shown_median_ms": float(np.median(wait)) if len(wait) else None,
     }
 
 
@@ -202,6 +270,50 @@ def summarize(reports: list[CallReport], timeline: bool) -> dict:
     return out
 
 
+def offline_payload(
+    model: ImplicitWarpingModel, clips: list[Path], frames_per_message: list[int], fps: int = 30
+) -> dict:
+    """Keypoint message sizes for the model's own keypoints on real clips, coded exactly as a
+    call codes them (``CallSender``'s encoder settings: resync every 60 frames, N frames per
+    unit), without real time: the CPU's speed does not change a byte. Per N: mean bytes per
+    message and the payload kbps at ``fps``."""
+    from bitstream import KeypointEncoder, KeypointFrame
+    from sender.encoder import (
+        EncodeOptions,
+        crop_input,
+        detect_keypoints,
+        entropy_model,
+        stream_params,
+    )
+
+    options = SendOptions()
+    table = entropy_model(EncodeOptions())
+    params = stream_params(model, Fraction(fps), EncodeOptions(), table)
+    tracks = []
+    for clip in clips:
+        frames = crop_input(clip, model.cfg.image_size).frames
+        tracks.append(detect_keypoints(model, frames, progress=False))  # (T, K, 3)
+    out = {"clips": [c.name for c in clips], "frames": int(sum(len(t) for t in tracks)), "by_n": {}}
+    for n in frames_per_message:
+        sizes = []
+        for kp in tracks:
+            encoder = KeypointEncoder(params, table, resync_period=options.resync_period)
+            for start in range(0, len(kp) - n + 1, n):
+                frames = [
+                    KeypointFrame(i, params.nominal_pts(i), kp[i], (0,))
+                    for i in range(start, start + n)
+                ]
+                sizes.append(len(encoder.encode(frames).to_bytes()))
+        mean = float(np.mean(sizes))
+        out["by_n"][str(n)] = {
+            "messages": len(sizes),
+            "bytes_per_message": mean,
+            "bytes_per_frame": mean / n,
+            "payload_kbps": mean * fps / n * 8 / 1000,
+        }
+    return out
+
+
 def machine() -> dict:
     return {
         "python": platform.python_version(),
@@ -218,12 +330,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="call length per setting")
     parser.add_argument("--fps", default="30", help="retime the sample to this rate (or 'native')")
     parser.add_argument("--model", choices=("tiny20", "shipped"), default="tiny20")
+    parser.add_argument(
+        "--keypoints",
+        choices=("model", "trained"),
+        default="trained",
+        help="trained: send the shipped detector's keypoints of the clip, replayed (default)",
+    )
     parser.add_argument("--frames", default="1,2,3,4", help="frames per message to try")
     parser.add_argument("--sack", default="immediate,delayed,bundled")
     parser.add_argument("--audio", default="tone", choices=("tone", "silence", "off"))
     parser.add_argument("--audio-frame-ms", type=int, default=60)
     parser.add_argument("--name", default=None, help="output file name (default from settings)")
+    parser.add_argument(
+        "--mode",
+        choices=("both", "wire", "latency"),
+        default="both",
+        help="wire: both directions, no rendering; latency: one direction, rendering; "
+        "both: both directions with rendering",
+    )
     parser.add_argument("--quick", action="store_true", help="one short run (smoke test)")
+    parser.add_argument(
+        "--offline-payload",
+        nargs="*",
+        type=Path,
+        default=None,
+        metavar="CLIP",
+        help="instead of calls: message sizes of the model's keypoints on these clips",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -231,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     sacks = [SackPolicy(x) for x in args.sack.split(",")]
     if args.quick:
         frames_list, sacks, args.seconds = [3], [SackPolicy.BUNDLED], 6.0
+    if args.offline_payload is not None:
+        model = load_model(DEFAULT_WEIGHTS) if args.model == "shipped" else None
+        with tempfile.TemporaryDirectory() as tmp:
+            if model is None:
+                model = tiny_model(Path(tmp) / "tiny20.safetensors", num_kp=20)
+            result = offline_payload(model, args.offline_payload or [SAMPLE], frames_list)
+        result.update(model=args.model, machine=machine())
+        name = args.name or f"payload_{args.model}.json"
+        (args.out / name).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["by_n"], indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.model == "tiny20":
@@ -240,15 +384,24 @@ def main(argv: list[str] | None = None) -> int:
         source = (
             SAMPLE if args.fps == "native" else retimed_sample(tmp / "in.mp4", Fraction(args.fps))
         )
+        track = trained_track(source) if args.keypoints == "trained" else None
         runs = []
         for n in frames_list:
             for sack in sacks:
                 send = SendOptions(
                     frames_per_message=n, timeline=True, audio_frame_ms=args.audio_frame_ms
                 )
-                render = args.model == "tiny20"
-                a = Peer(model, source, send, args.audio, render=render)
-                b = Peer(model, source, send, args.audio, render=render)
+                render = args.model == "tiny20" and args.mode != "wire"
+                a = Peer(model, source, send, args.audio, render=render, keypoints=track)
+                b = Peer(
+                    model,
+                    source,
+                    send,
+                    args.audio,
+                    render=render,
+                    keypoints=track,
+                    silent=args.mode == "latency",
+                )
                 start = time.time()
                 reports = asyncio.run(run_pair(a, b, args.seconds, sack, timeline=True))
                 bad = [r for r in reports if isinstance(r, BaseException)]
@@ -270,10 +423,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"{a_.get('latency_shown_here', {}).get('median_ms', float('nan')):.0f} ms",
                     flush=True,
                 )
-    name = args.name or f"calls_{args.model}_{args.fps}fps{'_quick' if args.quick else ''}.json"
+    name = args.name or f"calls_{args.mode}_{args.fps}fps{'_quick' if args.quick else ''}.json"
     result = {
-        "what": "two peers in one process on loopback, both sending; steady = after the first 3 s",
+        "what": "two peers in one process on loopback; steady = after the first 3 s",
+        "mode": {
+            "both": "both peers send and render",
+            "wire": "both peers send; nothing is rendered (the CPU serves the transport)",
+            "latency": "peer a sends, peer b renders and shows (one direction)",
+        }[args.mode],
         "model": args.model,
+        "keypoints": "the shipped detector's, replayed"
+        if args.keypoints == "trained"
+        else "the model's own",
+        "niceness": os.nice(0),
         "input": str(
             source.name if args.fps == "native" else f"sample.mp4 retimed to {args.fps} fps"
         ),
