@@ -37,7 +37,9 @@ def test_forward_shapes(tiny, n_src):
 def test_keypoints_and_strengths_in_range(tiny):
     # Extreme inputs included: all black, all white, noise.
     s = tiny.cfg.image_size
-    images = torch.cat([torch.zeros(1, 3, s, s), torch.ones(1, 3, s, s), torch.rand(2, 3, s, s) * 10 - 5])
+    images = torch.cat(
+        [torch.zeros(1, 3, s, s), torch.ones(1, 3, s, s), torch.rand(2, 3, s, s) * 10 - 5]
+    )
     with torch.no_grad():
         kp, strength = tiny.detect(images)
     assert kp.shape == (4, tiny.cfg.num_kp, 2)
@@ -53,7 +55,9 @@ def test_render_matches_forward(tiny):
     with torch.no_grad():
         out = tiny(src, drv)
         kp, st = tiny.detect(src[0])
-        feats = [tiny.encode_source(src[0, i : i + 1], kp[i : i + 1], st[i : i + 1]) for i in range(2)]
+        feats = [
+            tiny.encode_source(src[0, i : i + 1], kp[i : i + 1], st[i : i + 1]) for i in range(2)
+        ]
         cache = SourceFeatures.concat(feats)
         kp_d, s_d = tiny.detect(drv)
         pred = tiny.render(cache, kp_d, s_d)

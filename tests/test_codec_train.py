@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec.data import FrameBank, load_crop_cache, semantic_dropout_bias
+from codec.data import load_crop_cache, semantic_dropout_bias
 from codec.train import Dist, Trainer, parse_args
 
 
