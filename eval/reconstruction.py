@@ -46,13 +46,20 @@ def frozen_frames(frames: np.ndarray, sources: list[int]) -> np.ndarray:
 
 
 def reconstruct_clip(
-    model, frames: np.ndarray, sources: list[int], device: torch.device, chunk: int = 8
+    model,
+    frames: np.ndarray,
+    sources: list[int],
+    device: torch.device,
+    chunk: int = 8,
+    targets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(T, S, S, 3) uint8 -> the model's reconstruction of every frame, (T, S, S, 3) uint8."""
+    """(T, S, S, 3) uint8 -> the model's reconstruction of the frames at ``targets`` (default:
+    every frame) from the frames at ``sources``, (len(targets), S, S, 3) uint8."""
     out = []
     src = to_tensor(frames[sources], device)
-    for start in range(0, len(frames), 64):
-        target = to_tensor(frames[start : start + 64], device)
+    wanted = frames if targets is None else frames[targets]
+    for start in range(0, len(wanted), 64):
+        target = to_tensor(wanted[start : start + 64], device)
         pred, _, _ = reconstruct(model, src, target, chunk=chunk)
         out.append((pred * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out)
@@ -63,24 +70,30 @@ def _summary(metrics: dict) -> dict:
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in keep.items()}
 
 
-def evaluate_clip(model, path: Path, device: torch.device, lpips: LPIPS, max_frames=None) -> dict:
+def evaluate_clip(
+    model, path: Path, device: torch.device, lpips: LPIPS, max_frames=None, every: int = 1
+) -> dict:
+    """Every run scored on the same frames: all of them, or every ``every``-th (frame 0, N,
+    2N, ...; the sources are still placed on the whole clip)."""
     clip = crop_input(path, model.cfg.image_size, max_frames)
     frames = clip.frames
-    ref_landmarks = face_landmarks(frames)
-    result = {"frames": len(frames), "fps": float(clip.fps), "runs": {}}
+    scored = np.arange(0, len(frames), every)
+    ref = frames[scored]
+    ref_landmarks = face_landmarks(ref)
+    result = {"frames": len(frames), "every": every, "fps": float(clip.fps), "runs": {}}
 
     def score(name: str, test: np.ndarray) -> None:
-        m = compute_metrics(frames, test, device, ref_landmarks=ref_landmarks, lpips_model=lpips)
+        m = compute_metrics(ref, test, device, ref_landmarks=ref_landmarks, lpips_model=lpips)
         result["runs"][name] = _summary(m)
 
     for n in (1, 2, 3):
         sources = source_indices(len(frames), n)
         t0 = time.time()
-        pred = reconstruct_clip(model, frames, sources, device)
-        result.setdefault("render_fps", {})[f"{n}src"] = len(frames) / (time.time() - t0)
+        pred = reconstruct_clip(model, frames, sources, device, targets=scored)
+        result.setdefault("render_fps", {})[f"{n}src"] = len(scored) / (time.time() - t0)
         score(f"model_{n}src", pred)
-    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1)))
-    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2]))
+    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1))[scored])
+    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2])[scored])
     return result
 
 
@@ -94,7 +107,8 @@ def mean_over_clips(clips: dict) -> dict:
             weight_key = "akd_frames" if k == "akd" else "frames"
             vals = [(c["runs"][run][k], c["runs"][run][weight_key]) for c in clips.values()]
             vals = [(v, w) for v, w in vals if np.isfinite(v) and w > 0]
-            out[run][k] = float(sum(v * w for v, w in vals) / sum(w for _, w in vals))
+            weight = sum(w for _, w in vals)  # 0: e.g. no face found in any output (AKD)
+            out[run][k] = float(sum(v * w for v, w in vals) / weight) if weight else float("nan")
     return out
 
 
@@ -105,7 +119,12 @@ def write_report(result: dict, out: Path) -> None:
         "# Reconstruction on held-out clips",
         "",
         f"Weights `{result['weights']}` (id {result['weights_id']}), {result['machine']}.",
-        "Sources are original crops, keypoints unquantized; means are frame-weighted.",
+        "Sources are original crops, keypoints unquantized; means are frame-weighted."
+        + (
+            f" One frame in {result['every']} scored (0, {result['every']}, ...)."
+            if result.get("every", 1) > 1
+            else ""
+        ),
         "",
         "| clip | run | PSNR dB | SSIM | LPIPS | AKD px |",
         "|---|---|---|---|---|---|",
@@ -125,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/validation"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument(
+        "--every", type=int, default=1, help="score every N-th frame only (default: all)"
+    )
     args = p.parse_args(argv)
+    if args.every < 1:
+        p.error("--every must be at least 1")
     device = torch.device(args.device)
     model = load_model(args.weights, device=device)
     lpips = LPIPS("alex", inputs="[0,1]").to(device)
@@ -134,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         "weights_id": model.weights_id.hex(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"{device.type}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}, torch {torch.__version__}",
+        "every": args.every,
         "clips": {},
     }
     for path in args.clips:
-        result["clips"][path.stem] = evaluate_clip(model, path, device, lpips, args.max_frames)
+        result["clips"][path.stem] = evaluate_clip(
+            model, path, device, lpips, args.max_frames, args.every
+        )
         print(json.dumps({path.stem: result["clips"][path.stem]["runs"]}), flush=True)
     result["mean"] = mean_over_clips(result["clips"])
     write_report(result, args.out)

@@ -188,3 +188,30 @@ def test_report_only_needs_no_clips(tmp_path: Path, capsys) -> None:
     assert "no results file" in capsys.readouterr().err
     assert main(["eval", "--out", str(tmp_path)]) == 2
     assert "no clips" in capsys.readouterr().err
+
+
+def test_reconstruction_validation_scores_the_same_frames_for_every_run(setup, tmp_path):
+    from eval import reconstruction
+
+    out = tmp_path / "validation"
+    argv = [str(setup["clip"]), "--weights", str(setup["weights"]), "--out", str(out)]
+    assert reconstruction.main([*argv, "--every", "3", "--device", "cpu"]) == 0
+    result = json.loads((out / "validation.json").read_text())
+    clip = result["clips"]["talk"]
+    assert clip["frames"] == FRAMES and clip["every"] == 3
+    runs = clip["runs"]
+    assert set(runs) == {
+        "model_1src",
+        "model_2src",
+        "model_3src",
+        "frozen_first",
+        "frozen_first_middle",
+    }
+    assert {r["frames"] for r in runs.values()} == {len(range(0, FRAMES, 3))}
+    # frame 0 is scored and is the frozen baseline's own source: one infinite-PSNR frame
+    assert runs["frozen_first"]["psnr_inf_frames"] == 1
+    assert runs["model_1src"]["psnr_inf_frames"] == 0
+    assert set(result["mean"]) == set(runs)
+    assert "One frame in 3 scored (0, 3, ...)" in (out / "validation.md").read_text()
+    with pytest.raises(SystemExit):
+        reconstruction.main([*argv, "--every", "0"])
