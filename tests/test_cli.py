@@ -15,42 +15,10 @@ import av
 import numpy as np
 import pytest
 import torch
+from _media import sample_frames, tiny_weights, write_clip
 
 from bitstream import scan_stream
-from codec.config import tiny_config
-from codec.model import ImplicitWarpingModel
-from codec.weights import save_weights
 from iwcodec.cli import main
-
-SAMPLE = Path(__file__).resolve().parents[1] / "iwcodec" / "samples" / "sample.mp4"
-
-
-def tiny_weights(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    save_weights(ImplicitWarpingModel(tiny_config()), path)
-    return path
-
-
-def write_clip(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for rgb in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
-
-
-def sample_frames(n: int) -> list[np.ndarray]:
-    with av.open(str(SAMPLE)) as c:
-        out = []
-        for f in c.decode(video=0):
-            out.append(f.to_ndarray(format="rgb24"))
-            if len(out) == n:
-                return out
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -10,43 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+from _media import short_clip, tiny_weights
 
 from bitstream import KeyframeUnit, KeypointUnit, read_units
-from codec.config import tiny_config
-from codec.model import ImplicitWarpingModel
-from codec.weights import save_weights
 from eval import run as eval_run
 from eval.results import load_results, validate_record
 from iwcodec.cli import main
 
-SAMPLE = Path(__file__).resolve().parents[1] / "iwcodec" / "samples" / "sample.mp4"
 FRAMES = 10
-
-
-def tiny_weights(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    save_weights(ImplicitWarpingModel(tiny_config()), path)
-    return path
-
-
-def short_clip(path: Path, frames: int = FRAMES) -> Path:
-    """The first frames of the bundled sample (a real face, so the crop finds one)."""
-    with av.open(str(SAMPLE)) as src, av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width = stream.height = 256
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "14", "preset": "ultrafast"}
-        for i, frame in enumerate(src.decode(video=0)):
-            if i == frames:
-                break
-            rgb = frame.to_ndarray(format="rgb24")
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +29,7 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {
         "dir": d,
         "weights": tiny_weights(d / "tiny.safetensors", seed=0),
-        "clip": short_clip(d / "talk.mp4"),
+        "clip": short_clip(d / "talk.mp4", FRAMES),
     }
 
 

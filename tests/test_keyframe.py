@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _media import SAMPLE
 
 from bitstream.units import ImageCodec
 from iwcodec.errors import BitstreamError, InputError
@@ -20,7 +20,6 @@ from sender.keyframe import (
 )
 from sender.video import iter_frames
 
-SAMPLE = Path("/work/shared/data/train/AliaksandrSiarohin__first-order-model__08.mp4")
 LOSSY = [ImageCodec.WEBP, ImageCodec.AV1, ImageCodec.JPEG]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _media import SAMPLE
 
 from eval.akd import AKD_SIZE, N_LANDMARKS, akd, akd_from_landmarks, face_landmarks
 from eval.metrics import as_uint8_frames, compute_metrics, ms_ssim_window, psnr_per_frame
@@ -127,9 +128,6 @@ def test_akd_no_frames_with_faces() -> None:
     nan = np.full((2, N_LANDMARKS, 2), np.nan)
     r = akd_from_landmarks(nan, nan)
     assert math.isnan(r.mean) and r.frames == 0 and r.no_face_ref == 2
-
-
-SAMPLE = Path(__file__).resolve().parents[1] / "iwcodec" / "samples" / "sample.mp4"
 
 
 def _face_clip() -> np.ndarray | None:

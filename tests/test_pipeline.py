@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from _media import short_clip, tiny_weights
 
 from bitstream import (
     BitstreamWarning,
@@ -30,9 +31,8 @@ from bitstream import (
     reconstruct,
     scan_stream,
 )
-from codec.config import tiny_config
 from codec.model import ImplicitWarpingModel
-from codec.weights import load_model, save_weights
+from codec.weights import load_model
 from iwcodec.errors import BitstreamError, IWCodecError, ModelMismatchError
 from receiver.decoder import (
     DecodeOptions,
@@ -46,33 +46,10 @@ from receiver.keyframe import decode_keyframe
 from receiver.writer import VideoWriter, temporary_path, write_video
 from sender.encoder import EncodeOptions, crop_input, encode_file, encode_frames
 
-SAMPLE = Path(__file__).resolve().parents[1] / "iwcodec" / "samples" / "sample.mp4"
 CLIP_FRAMES = 24
 CLIP_FPS = Fraction(30000, 1001)
 QUIET_ENC = EncodeOptions(progress=False, frames_per_unit=8, resync_period=8)
 QUIET_DEC = DecodeOptions(progress=False)
-
-
-def tiny_weights(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    save_weights(ImplicitWarpingModel(tiny_config()), path)
-    return path
-
-
-def short_clip(path: Path, frames: int = CLIP_FRAMES, fps: Fraction = CLIP_FPS) -> Path:
-    """The first ``frames`` pictures of the bundled sample, re-encoded at ``fps``."""
-    with av.open(str(SAMPLE)) as src, av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width = stream.height = 256
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "14", "preset": "ultrafast"}
-        for i, frame in enumerate(src.decode(video=0)):
-            if i == frames:
-                break
-            rgb = frame.to_ndarray(format="rgb24")
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 def read_video(path: Path) -> tuple[np.ndarray, Fraction]:
@@ -94,7 +71,7 @@ def model(work: Path) -> ImplicitWarpingModel:
 
 @pytest.fixture(scope="module")
 def clip(work: Path):
-    return crop_input(short_clip(work / "clip.mp4"), 64)
+    return crop_input(short_clip(work / "clip.mp4", CLIP_FRAMES, CLIP_FPS), 64)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from _media import SAMPLE
 
 from iwcodec.errors import NoFaceError
 from sender.crop import (
@@ -25,7 +26,6 @@ from sender.crop import (
 )
 from sender.video import iter_frames
 
-SAMPLE = Path("/work/shared/data/train/AliaksandrSiarohin__first-order-model__08.mp4")
 CANVAS = (360, 480)  # H, W of the synthetic scenes
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from _media import SAMPLE
 
 import sender.cache as cache
 from sender.video import iter_frames
-
-SAMPLE = Path("/work/shared/data/train/AliaksandrSiarohin__first-order-model__08.mp4")
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:

@@ -8,12 +8,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from _media import SAMPLE
 from PIL import Image
 
 from iwcodec.errors import InputError
 from sender.video import iter_frames, probe_video, rotate_picture
-
-SAMPLE = Path("/work/shared/data/train/AliaksandrSiarohin__first-order-model__08.mp4")
 
 
 def write_video(
