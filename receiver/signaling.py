@@ -114,6 +114,29 @@ def check_hello(hello: object) -> dict:
     return hello
 
 
+async def listen(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    what: str,
+    ssl_context: ssl.SSLContext | None = None,
+    advice: str = "",
+) -> int:
+    """Serve ``runner`` (set up) on ``host:port`` -> the port it listens on (the one the system
+    chose for port 0). A port that cannot be had cleans the runner up and raises ``CallError``
+    naming ``what``, with ``advice`` appended."""
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CallError(
+            f"{what}: cannot listen on {host}:{port} ({exc.strerror or exc}){advice}"
+        ) from None
+    sockets = site._server.sockets if site._server else []
+    return sockets[0].getsockname()[1] if sockets else port
+
+
 class SignalingServer:
     """Rooms of two peers that share a token; relays their messages.
 
@@ -160,17 +183,9 @@ class SignalingServer:
     async def start(self) -> str:
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise CallError(
-                f"signaling server: cannot listen on {self.host}:{self.port} ({exc.strerror or exc})"
-            ) from None
-        sockets = site._server.sockets if site._server else []  # the port chosen for port 0
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = await listen(
+            self._runner, self.host, self.port, "signaling server", ssl_context=self.ssl_context
+        )
         return self.url
 
     async def stop(self) -> None:

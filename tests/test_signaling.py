@@ -321,3 +321,28 @@ def test_iwcodec_signal_command_serves_rooms(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_port_in_use_is_a_clear_error_for_the_server_and_the_viewer():
+    from receiver.viewer import Viewer
+
+    async def scenario():
+        first = SignalingServer(TOKEN)
+        await first.start()
+        try:
+            assert first.port != 0  # the port the system chose
+            with pytest.raises(
+                CallError, match=rf"signaling server: cannot listen on 127\.0\.0\.1:{first.port} \("
+            ):
+                await SignalingServer(TOKEN, port=first.port).start()
+            with pytest.raises(
+                CallError, match=r"viewer: cannot listen on .*; pick another --view-port"
+            ):
+                await Viewer(port=first.port).start()
+            # the first server still serves
+            async with SignalingClient(first.url) as a:
+                assert (await a.join("r1", TOKEN, {"who": "a"})).peer is None
+        finally:
+            await first.stop()
+
+    asyncio.run(scenario())

@@ -29,7 +29,7 @@ import av
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from iwcodec.errors import CallError
+from receiver.signaling import listen
 
 KIND_REMOTE = 1
 KIND_LOCAL = 2
@@ -92,18 +92,9 @@ class Viewer:
         app.router.add_get("/stats.json", self._stats_json)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise CallError(
-                f"viewer: cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
-                "pick another --view-port"
-            ) from None
-        sockets = site._server.sockets if site._server else []  # the port chosen for port 0
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = await listen(
+            self._runner, self.host, self.port, "viewer", advice="; pick another --view-port"
+        )
         return self.url
 
     async def stop(self) -> None:
