@@ -109,13 +109,17 @@ class ReplayedKeypoints(torch.nn.Module):
         return kp[..., :2].clone(), kp[..., 2].clone()
 
 
-def trained_track(clip: Path) -> np.ndarray:
-    """The shipped model's keypoints on a clip's face crops, (T, K, 3)."""
+def model_track(model: ImplicitWarpingModel, clip: Path) -> np.ndarray:
+    """``model``'s keypoints on a clip's face crops, (T, K, 3)."""
     from sender.encoder import crop_input, detect_keypoints
 
-    shipped = load_model(DEFAULT_WEIGHTS)
-    frames = crop_input(clip, shipped.cfg.image_size).frames
-    return detect_keypoints(shipped, frames, progress=False)
+    frames = crop_input(clip, model.cfg.image_size).frames
+    return detect_keypoints(model, frames, progress=False)
+
+
+def trained_track(clip: Path) -> np.ndarray:
+    """The shipped model's keypoints on a clip's face crops, (T, K, 3)."""
+    return model_track(load_model(DEFAULT_WEIGHTS), clip)
 
 
 class SilentSender:
@@ -278,21 +282,12 @@ def offline_payload(
     unit), without real time: the CPU's speed does not change a byte. Per N: mean bytes per
     message and the payload kbps at ``fps``."""
     from bitstream import KeypointEncoder, KeypointFrame
-    from sender.encoder import (
-        EncodeOptions,
-        crop_input,
-        detect_keypoints,
-        entropy_model,
-        stream_params,
-    )
+    from sender.encoder import EncodeOptions, entropy_model, stream_params
 
     options = SendOptions()
     table = entropy_model(EncodeOptions())
     params = stream_params(model, Fraction(fps), EncodeOptions(), table)
-    tracks = []
-    for clip in clips:
-        frames = crop_input(clip, model.cfg.image_size).frames
-        tracks.append(detect_keypoints(model, frames, progress=False))  # (T, K, 3)
+    tracks = [model_track(model, clip) for clip in clips]  # (T, K, 3) each
     out = {"clips": [c.name for c in clips], "frames": int(sum(len(t) for t in tracks)), "by_n": {}}
     for n in frames_per_message:
         sizes = []
