@@ -142,6 +142,8 @@ class TrainConfig:
     out: str = "runs/default"
     batch_size: int = 16  # per GPU
     lr: float = 2e-4
+    lr_decay_steps: int = 0  # linear decay over the last this many steps before max_steps
+    lr_final: float = 0.1  # the rate at max_steps, as a fraction of lr
     betas: tuple[float, float] = (0.5, 0.999)
     max_steps: int = 100_000
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit)
@@ -156,7 +158,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     attention_backend: str = "auto"
-    init_from: str = ""  # an exported run to continue from (codec.train.export_run)
+    init_from: str = ""  # an exported run (codec.train.export_run) or a weights file to start from
     weights: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:

@@ -161,6 +161,27 @@ class Trainer:
             state["best_lpips"],
         )
 
+    def load_init(self, path: Path) -> None:
+        """Start from an exported run (a folder, see export_run) or from a weights file."""
+        if path.is_file():
+            self.load_weights_file(path)
+        else:
+            self.load_exported(path)
+
+    def load_weights_file(self, path: Path) -> None:
+        """The generator from a weights file (codec.weights, e.g. the shipped weights, which
+        fit through the device's upload limit where an exported run does not); the
+        discriminator and both optimizers start fresh. Counters come from the file's metadata
+        (``step``, ``elapsed``, ``val``) where it has them."""
+        from codec.weights import load_model, read_metadata
+
+        model = load_model(path, expected_config=self.mc)
+        self.model.load_state_dict(model.state_dict())
+        extra = json.loads(read_metadata(path).get("extra", "{}"))
+        self.step = int(extra.get("step", 0))
+        self.elapsed = float(extra.get("elapsed", 0.0))
+        self.best_lpips = float(extra.get("val", {}).get("lpips_1src", math.inf))
+
     def load_exported(self, directory: Path) -> None:
         """Weights and counters of an exported run (optimizers start fresh)."""
         state = json.loads((directory / "state.json").read_text())
@@ -223,9 +244,23 @@ class Trainer:
             self.disc.requires_grad_(True)
         return losses, out
 
+    def learning_rate(self) -> float:
+        """Constant ``lr``, then (with ``lr_decay_steps``) linear to ``lr * lr_final`` over the
+        last ``lr_decay_steps`` before ``max_steps``. A function of the step alone, so every
+        rank applies the same rate."""
+        tc = self.tc
+        if tc.lr_decay_steps <= 0:
+            return tc.lr
+        start = tc.max_steps - tc.lr_decay_steps
+        frac = min(max((self.step - start) / tc.lr_decay_steps, 0.0), 1.0)
+        return tc.lr * (1.0 - frac * (1.0 - tc.lr_final))
+
     def optimize(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One generator (and, once the GAN is on, discriminator) update."""
         use_gan = self.step >= self.tc.gan_start_step and self.tc.weights.gan > 0
+        lr = self.learning_rate()
+        for group in (*self.g_opt.param_groups, *self.d_opt.param_groups):
+            group["lr"] = lr
         with self._autocast():
             losses, out = self.generator_losses(batch, use_gan)
         g_loss = sum(losses.values())
@@ -245,6 +280,7 @@ class Trainer:
         stats["kp_spread"] = keypoint_spread(out["kp_driving"].detach().float())
         stats["strength_mean"] = out["strength_driving"].detach().float().mean()
         stats["n_src"] = torch.tensor(float(batch.sources.shape[1]), device=self.d.device)
+        stats["lr"] = torch.tensor(lr, device=self.d.device)
         return stats
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -356,7 +392,7 @@ class Trainer:
                     save_weights(
                         self.model,
                         self.out / "best.safetensors",
-                        extra={"step": self.step, "val": val["mean"]},
+                        extra={"step": self.step, "elapsed": self.elapsed, "val": val["mean"]},
                     )
                 save_samples(val["samples"], self.out / "samples.png")
                 plot_curves(self.out / "log.jsonl", self.out / "curves.png")
@@ -573,9 +609,17 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         )
     mc = tiny_config() if tiny else ModelConfig()
     if args["init_from"]:
-        state = json.loads((Path(args["init_from"]) / "state.json").read_text())
-        mc = ModelConfig.from_dict(state["model"])
+        mc = _init_config(Path(args["init_from"]))
     return _override(mc, overrides), TrainConfig(**args, weights=weights)
+
+
+def _init_config(path: Path) -> ModelConfig:
+    """The model config of ``--init-from``: a weights file's, or an exported run's."""
+    if path.is_file():
+        from codec.weights import read_metadata
+
+        return ModelConfig.from_dict(json.loads(read_metadata(path)["config"]))
+    return ModelConfig.from_dict(json.loads((path / "state.json").read_text())["model"])
 
 
 def _override(mc: ModelConfig, text: str) -> ModelConfig:
@@ -614,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         if d.main:
             print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
     elif tc.init_from:
-        trainer.load_exported(Path(tc.init_from))
+        trainer.load_init(Path(tc.init_from))
         if d.main:
             print(f"continuing from {tc.init_from} at step {trainer.step}", flush=True)
     trainer.run()

@@ -130,3 +130,40 @@ def test_export_and_continue(trainer, tmp_path):
     assert other.step == 5
     for a, b in zip(trainer.model.state_dict().values(), other.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_start_from_a_weights_file(trainer, tmp_path):
+    """--init-from a weights file: the generator's weights (to float16 precision) and the
+    step and best LPIPS recorded in its metadata; the discriminator starts fresh."""
+    from codec.weights import save_weights
+
+    trainer.optimize(trainer.sample_batch(0))
+    path = tmp_path / "w.safetensors"
+    save_weights(
+        trainer.model, path, extra={"step": 7, "elapsed": 12.5, "val": {"lpips_1src": 0.2}}
+    )
+    mc, tc = parse_args(
+        ["--init-from", str(path), "--cache", trainer.tc.cache, "--out", str(tmp_path / "r")]
+    )
+    assert mc == trainer.mc
+    other = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    other.load_init(path)
+    assert (other.step, other.elapsed, other.best_lpips) == (7, 12.5, 0.2)
+    for k, v in trainer.model.state_dict().items():
+        w = other.model.state_dict()[k]
+        assert torch.equal(w, v.half().to(v.dtype)) if v.is_floating_point() else torch.equal(w, v)
+
+
+def test_learning_rate_decays_linearly_at_the_end(trainer):
+    trainer.tc.max_steps, trainer.tc.lr_decay_steps, trainer.tc.lr_final = 100, 40, 0.1
+    lr = trainer.tc.lr
+    rates = {}
+    for step in (0, 60, 80, 100, 120):
+        trainer.step = step
+        rates[step] = trainer.learning_rate()
+    assert rates[0] == rates[60] == lr
+    assert rates[80] == pytest.approx(lr * 0.55)
+    assert rates[100] == rates[120] == pytest.approx(lr * 0.1)
+    stats = trainer.optimize(trainer.sample_batch(0))
+    assert stats["lr"].item() == pytest.approx(lr * 0.1)
+    assert all(g["lr"] == pytest.approx(lr * 0.1) for g in trainer.d_opt.param_groups)
