@@ -3,7 +3,9 @@
     python tools/model_tracks.py .cache/crops_train_256 --out .cache/model_tracks_train
 
 writes one ``<clip>.npy`` of shape (T, K, 3) (x, y in [-1, 1], strength in [0, 1]) per clip,
-the format tools/bitstream_fit_prior.py and tools/bitstream_rate.py read.
+the format tools/bitstream_fit_prior.py and tools/bitstream_rate.py read, and
+``weights_id.txt``. A rerun skips the clips already done with the same weights and redoes
+them all when the weights changed (tracks of other weights are other keypoints).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = load_model(args.weights)
     args.out.mkdir(parents=True, exist_ok=True)
+    stamp = args.out / "weights_id.txt"
+    if not (stamp.is_file() and stamp.read_text().strip() == model.weights_id.hex()):
+        for old in args.out.glob("*.npy"):
+            old.unlink()
+        stamp.write_text(model.weights_id.hex() + "\n")
     for path in sorted(args.cache.glob("*.npy")):
         if path.name.endswith(".landmarks.npy") or (args.out / path.name).exists():
             continue
