@@ -276,6 +276,7 @@ class Call:
         self.latency: float | None = None
         self.shown = 0
         self.last_shown = -1
+        self._closing = False  # set when the call starts closing: no frame is shown after
         self._shown_times: deque[float] = deque()
         self.shown_at: dict[int, float] = {}
         self.ready_at: dict[int, float] = {}
@@ -521,6 +522,9 @@ class Call:
                 return
 
     async def _close(self) -> None:
+        # Frames already timed for display (call_later) would otherwise still be shown while
+        # the awaits below run, after the recorder has been closed: shown but not recorded.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -620,6 +624,8 @@ class Call:
         asyncio.get_running_loop().call_later(max(0.0, delay), self._show, frame)
 
     def _show(self, frame: RenderedFrame) -> None:
+        if self._closing:
+            return
         if frame.index <= self.last_shown:
             self.counts["late_frames"] += 1
             return

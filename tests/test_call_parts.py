@@ -299,3 +299,34 @@ def test_live_receiver_skips_to_the_newest_frames_when_rendering_is_slow(model):
     assert rx.stats.frames_skipped > 0
     assert shown == sorted(shown) and shown[-1] == 59
     assert rx.stats.frames_rendered + rx.stats.frames_skipped == 60
+
+
+def test_no_frame_is_shown_after_the_call_starts_closing(tmp_path):
+    """A frame timed for display just as the call closes must not be shown after the recorder
+    has finished: every shown frame is in the recording."""
+    from types import SimpleNamespace
+
+    import av
+
+    from receiver.call import Call, CallHooks, CallOptions
+    from receiver.live import RenderedFrame
+
+    shown = []
+    outgoing = SimpleNamespace(audio_track=None, stats=None, hello=lambda: {})
+    options = CallOptions(room="r", signal_url="ws://x", token="t", record=tmp_path / "r.mkv")
+    call = Call(options, None, outgoing, CallHooks(on_shown=lambda f, t: shown.append(f.index)))
+    call.receiver = SimpleNamespace(fps=Fraction(25), stop=lambda: None)
+    rgb = np.zeros((16, 16, 3), np.uint8)
+
+    def frame(i):
+        return RenderedFrame(index=i, pts=i * 3600, rgb=rgb + i, arrival=0.0, ready=0.0)
+
+    async def scenario():
+        call._show(frame(0))
+        asyncio.get_running_loop().call_later(0, call._show, frame(1))  # due during the close
+        await call._close()
+
+    asyncio.run(scenario())
+    assert shown == [0]
+    with av.open(str(tmp_path / "r.mkv")) as c:
+        assert len(list(c.decode(video=0))) == len(shown)
