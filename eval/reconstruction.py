@@ -38,9 +38,12 @@ def source_indices(num_frames: int, num_sources: int) -> list[int]:
     return [i * num_frames // num_sources for i in range(num_sources)]
 
 
-def frozen_frames(frames: np.ndarray, sources: list[int]) -> np.ndarray:
-    """Each frame replaced by the nearest of the source frames (the frozen-keyframe baseline)."""
-    t = np.arange(len(frames))
+def frozen_frames(
+    frames: np.ndarray, sources: list[int], targets: np.ndarray | None = None
+) -> np.ndarray:
+    """The frames at ``targets`` (default: every frame) each replaced by the nearest of the
+    source frames (the frozen-keyframe baseline)."""
+    t = np.arange(len(frames)) if targets is None else np.asarray(targets)
     nearest = np.asarray(sources)[np.abs(t[:, None] - np.asarray(sources)[None]).argmin(1)]
     return frames[nearest]
 
@@ -92,8 +95,8 @@ def evaluate_clip(
         pred = reconstruct_clip(model, frames, sources, device, targets=scored)
         result.setdefault("render_fps", {})[f"{n}src"] = len(scored) / (time.time() - t0)
         score(f"model_{n}src", pred)
-    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1))[scored])
-    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2])[scored])
+    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1), scored))
+    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2], scored))
     return result
 
 
