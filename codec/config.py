@@ -159,6 +159,9 @@ class TrainConfig:
     bf16: bool = True
     attention_backend: str = "auto"
     init_from: str = ""  # an exported run (codec.train.export_run) or a weights file to start from
+    # with --init-from a weights file: a discriminator to start from (an exported run's
+    # discriminator-*.safetensors) instead of a fresh one
+    init_discriminator: str = ""
     weights: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:

@@ -182,6 +182,23 @@ class Trainer:
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.best_lpips = float(extra.get("val", {}).get("lpips_1src", math.inf))
 
+    def load_discriminator(self, path: Path) -> None:
+        """The discriminator from one safetensors file (e.g. an exported run's bfloat16
+        ``discriminator-0.safetensors``). Pairing it with a weights file spares a continued run
+        the steps a fresh discriminator needs to catch up, during which validation LPIPS rises
+        (about 2,000 steps in run2, docs/model.md)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (OSError, SafetensorError) as e:
+            raise SystemExit(f"--init-discriminator {path}: not a readable safetensors file ({e})")
+        mine = self.disc.state_dict()
+        if state.keys() != mine.keys() or any(v.shape != mine[k].shape for k, v in state.items()):
+            raise SystemExit(f"--init-discriminator {path}: not this discriminator's tensors")
+        self.disc.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()})
+
     def load_exported(self, directory: Path) -> None:
         """Weights and counters of an exported run (optimizers start fresh)."""
         state = json.loads((directory / "state.json").read_text())
@@ -608,6 +625,8 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
             weights, perceptual=(10.0, 10.0, 10.0, 0.0, 0.0), perceptual_scales=(1.0, 0.5)
         )
     mc = tiny_config() if tiny else ModelConfig()
+    if args["init_discriminator"] and not args["init_from"]:
+        p.error("--init-discriminator goes with --init-from")
     if args["init_from"]:
         mc = _init_config(Path(args["init_from"]))
     return _override(mc, overrides), TrainConfig(**args, weights=weights)
@@ -659,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resumed from {ckpt} at step {trainer.step}", flush=True)
     elif tc.init_from:
         trainer.load_init(Path(tc.init_from))
+        if tc.init_discriminator:
+            trainer.load_discriminator(Path(tc.init_discriminator))
         if d.main:
             print(f"continuing from {tc.init_from} at step {trainer.step}", flush=True)
     trainer.run()

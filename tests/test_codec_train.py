@@ -154,6 +154,41 @@ def test_start_from_a_weights_file(trainer, tmp_path):
         assert torch.equal(w, v.half().to(v.dtype)) if v.is_floating_point() else torch.equal(w, v)
 
 
+def test_start_with_a_given_discriminator(trainer, tmp_path):
+    """--init-discriminator: the discriminator of an exported run (bfloat16) beside a weights
+    file; a file of other tensors is refused with a clear error."""
+    from safetensors.torch import save_file
+
+    from codec.train import save_shards
+    from codec.weights import save_weights
+
+    trainer.tc.gan_start_step = 0
+    trainer.optimize(trainer.sample_batch(0))
+    weights = tmp_path / "w.safetensors"
+    save_weights(trainer.model, weights, extra={"step": 1})
+    disc = {k: v.to(torch.bfloat16) for k, v in trainer.disc.state_dict().items()}
+    (shard,) = save_shards(disc, tmp_path, "discriminator")
+    args = ["--init-from", str(weights), "--init-discriminator", str(shard)]
+    mc, tc = parse_args([*args, "--cache", trainer.tc.cache, "--out", str(tmp_path / "r")])
+    other = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    fresh = {k: v.clone() for k, v in other.disc.state_dict().items()}
+    other.load_init(weights)
+    other.load_discriminator(shard)
+    changed = 0
+    for k, v in other.disc.state_dict().items():
+        assert torch.equal(v, disc[k].float())
+        changed += not torch.equal(v, fresh[k])
+    assert changed > 0
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(SystemExit, match="not this discriminator"):
+        other.load_discriminator(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(SystemExit, match="not a readable safetensors"):
+        other.load_discriminator(tmp_path / "junk.safetensors")
+    with pytest.raises(SystemExit):
+        parse_args(["--init-discriminator", str(shard)])
+
+
 def test_learning_rate_decays_linearly_at_the_end(trainer):
     trainer.tc.max_steps, trainer.tc.lr_decay_steps, trainer.tc.lr_final = 100, 40, 0.1
     lr = trainer.tc.lr
