@@ -193,7 +193,9 @@ class Trainer:
         try:
             state = load_file(str(path))
         except (OSError, SafetensorError) as e:
-            raise SystemExit(f"--init-discriminator {path}: not a readable safetensors file ({e})")
+            raise SystemExit(
+                f"--init-discriminator {path}: not a readable safetensors file ({e})"
+            ) from e
         mine = self.disc.state_dict()
         if state.keys() != mine.keys() or any(v.shape != mine[k].shape for k, v in state.items()):
             raise SystemExit(f"--init-discriminator {path}: not this discriminator's tensors")
