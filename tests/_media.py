@@ -39,13 +39,18 @@ def sample_frames(n: int) -> list[np.ndarray]:
 
 
 def write_clip(
-    path: Path, frames: list[np.ndarray], fps: int | Fraction = 25, crf: int | None = None
+    path: Path,
+    frames: list[np.ndarray],
+    fps: int | Fraction = 25,
+    crf: int | None = None,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
-    """``frames`` as an H.264 file (ultrafast; x264's default quality unless ``crf``)."""
+    """``frames`` as an H.264 file (ultrafast; x264's default quality unless ``crf``;
+    ``pix_fmt="yuv444p"`` keeps full-resolution colour, e.g. for exact crop positions)."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.options = {"preset": "ultrafast", **({"crf": str(crf)} if crf is not None else {})}
         for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))

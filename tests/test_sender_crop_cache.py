@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
-from _media import SAMPLE
+from _media import SAMPLE, write_clip
 
 import sender.cache as cache
 from sender.video import iter_frames
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "12", "preset": "ultrafast"}
-        for rgb in frames:
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode(None):
-            out.mux(pkt)
-    return path
+def write_video(path: Path, frames: list[np.ndarray]) -> Path:
+    return write_clip(path, frames, crf=12, pix_fmt="yuv444p")
 
 
 @pytest.fixture(scope="module")
