@@ -59,6 +59,14 @@ class ModelConfig:
     # Decoder.
     decoder_res_blocks: int = 8
     decoder_channels: tuple[int, ...] = (64, 32)  # after the 1st and 2nd upsampling block
+    # Not in the paper, off in the shipped weights: also carry each source token's
+    # full-resolution pixel patch (feature_stride^2 pixels) through the attention, and let a
+    # refinement stage after the decoder add detail from the warped patches
+    # (codec.model.Decoder). Aimed at the detail lost on unseen faces (docs/model.md: rebuilt
+    # from itself, a val frame keeps LPIPS 0.06, a training frame 0.03). Its new layers start
+    # at zero, so weights trained without it load into it and render unchanged
+    # (GROWTH_FIELDS, codec.train: --init-from FILE --model source_patches=true).
+    source_patches: bool = False
     # 1/4 resolution everywhere the paper says so.
     feature_stride: int = 4
 
@@ -72,6 +80,11 @@ class ModelConfig:
             raise ValueError("the decoder has exactly 2 upsampling blocks (feature_stride 4)")
         if not 1 <= self.num_kp <= 255:
             raise ValueError("num_kp must be in 1..255")
+
+    @property
+    def patch_channels(self) -> int:
+        """Channels of a source token's full-resolution pixel patch (0 without them)."""
+        return 3 * self.feature_stride**2 if self.source_patches else 0
 
     @property
     def feature_size(self) -> int:
@@ -131,6 +144,11 @@ class LossWeights:
     separation_sigma: float = 0.05
     gan: float = 1.0
     feature_matching: float = 10.0
+
+
+# Fields that add layers whose zero start leaves the model's function unchanged: weights trained
+# without them can start a run with them (codec.train.Trainer.load_weights_file).
+GROWTH_FIELDS = ("source_patches",)
 
 
 @dataclass

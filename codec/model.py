@@ -42,7 +42,8 @@ class SourceFeatures:
     """What the receiver keeps per keyframe: everything attention needs from the sources except
     the per-frame positional term (which depends on the driving keypoints).
 
-    keys: (B, N*L, d) content keys, values: (B, N*L, d'), pixels: (B, N*L, 3), with L = S*S
+    keys: (B, N*L, d) content keys, values: (B, N*L, d'), pixels: (B, N*L, 3) (3 + P with
+    cfg.source_patches: the full-resolution patch of each token), with L = S*S
     tokens per source, sources in order; kp: (B, N, K, 2) and strength: (B, N, K) of the sources.
     """
 
@@ -132,7 +133,11 @@ class ValueEncoder(nn.Sequential):
 
 
 class Decoder(nn.Module):
-    """Residual blocks then 2 upsampling blocks to the output image (supplementary C)."""
+    """Residual blocks then 2 upsampling blocks to the output image (supplementary C).
+
+    With ``cfg.source_patches`` a refinement stage (not in the paper) sees the decoder's
+    full-resolution features beside the warped source pixels and adds to the output logits;
+    its last convolution starts at zero, so at first the output is the plain decoder's."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -140,9 +145,22 @@ class Decoder(nn.Module):
         self.res = nn.Sequential(*[ResBlock(cfg.value_dim) for _ in range(cfg.decoder_res_blocks)])
         self.up = nn.Sequential(UpBlock(cfg.value_dim, c1), UpBlock(c1, c2))
         self.out = nn.Conv2d(c2, 3, 7, padding=3)
+        self.refine = None
+        if cfg.source_patches:
+            self.refine = nn.Sequential(
+                ConvNormAct(c2 + 3, c2, kernel=3), nn.Conv2d(c2, 3, 3, padding=1)
+            )
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.out(self.up(self.res(x))))
+    def forward(self, x: torch.Tensor, warped_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, d', S, S), warped_pixels (B, 3, H, W) in [-1, 1] (with source_patches)
+        -> image (B, 3, H, W) in [0, 1]"""
+        h = self.up(self.res(x))  # (B, c2, H, W)
+        logits = self.out(h)
+        if self.refine is not None:
+            logits = logits + self.refine(torch.cat([h, warped_pixels.to(h.dtype)], 1))
+        return torch.sigmoid(logits)
 
 
 class ImplicitWarpingModel(nn.Module):
@@ -172,6 +190,8 @@ class ImplicitWarpingModel(nn.Module):
         self.extra_keys = nn.Parameter(torch.randn(cfg.num_extra_kv, d) * d**-0.5)
         self.extra_values = nn.Parameter(torch.randn(cfg.num_extra_kv, dv) * 0.02)
         self.extra_pixels = nn.Parameter(torch.zeros(cfg.num_extra_kv, 3))
+        if cfg.source_patches:  # grey patches: a guess for content missing from every source
+            self.extra_patches = nn.Parameter(torch.zeros(cfg.num_extra_kv, cfg.patch_channels))
         # Residual branch (Fig. 3, purple): MLP([A K, A P] (+ Q)) added to A V.
         self.residual_mlp = nn.Sequential(
             nn.Linear((2 if cfg.residual_query else 1) * d + 3, cfg.residual_hidden),
@@ -211,6 +231,9 @@ class ImplicitWarpingModel(nn.Module):
         keys = _to_tokens(self.key_proj(self.key_unet(torch.cat([small, maps], 1))))  # (B, L, d)
         values = _to_tokens(self.value_encoder(image))  # (B, L, d')
         pixels = _to_tokens(small * 2 - 1)  # (B, L, 3) in [-1, 1]
+        if self.cfg.source_patches:
+            patches = F.pixel_unshuffle(image * 2 - 1, self.cfg.feature_stride)  # (B, 3*f*f, S, S)
+            pixels = torch.cat([pixels, _to_tokens(patches).to(pixels.dtype)], -1)  # (B, L, 3+P)
         return SourceFeatures(keys, values, pixels, kp[:, None], strength[:, None])
 
     def queries(self, kp: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
@@ -267,17 +290,25 @@ class ImplicitWarpingModel(nn.Module):
 
         keys = with_extra(keys, self.extra_keys)  # (B, N*L + E, d)
         values = with_extra(src.values, self.extra_values)  # (B, N*L + E, d')
-        pixels = with_extra(src.pixels, self.extra_pixels)  # (B, N*L + E, 3)
+        extra_pixels = self.extra_pixels
+        if self.cfg.source_patches:
+            extra_pixels = torch.cat([extra_pixels, self.extra_patches], -1)  # (E, 3+P)
+        pixels = with_extra(src.pixels, extra_pixels)  # (B, N*L + E, 3 (+P))
         if key_bias is not None:
             key_bias = torch.cat([key_bias, key_bias.new_zeros(b, self.cfg.num_extra_kv)], 1)
         out_v, out_k, out_p = kernels.warp_attention(
             q, keys, values, pixels, key_bias=key_bias, backend=self.attention_backend
         )
+        out_p, out_patches = out_p[..., :3], out_p[..., 3:]  # (B, L, 3), (B, L, P)
         residual_in = [out_k, out_p, q] if self.cfg.residual_query else [out_k, out_p]
         warped = out_v + self.residual_mlp(torch.cat(residual_in, -1))  # (B, L, d')
         s = self.cfg.feature_size
         warped = warped.transpose(1, 2).reshape(b, -1, s, s)  # (B, d', S, S)
-        return self.decoder(warped)
+        if not self.cfg.source_patches:
+            return self.decoder(warped)
+        patches = out_patches.transpose(1, 2).reshape(b, -1, s, s)  # (B, P, S, S)
+        warped_pixels = F.pixel_shuffle(patches, self.cfg.feature_stride)  # (B, 3, H, W)
+        return self.decoder(warped, warped_pixels)
 
     # -- training -----------------------------------------------------------------------------
     def forward(

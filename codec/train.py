@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codec.config import LossWeights, ModelConfig, TrainConfig, tiny_config
+from codec.config import GROWTH_FIELDS, LossWeights, ModelConfig, TrainConfig, tiny_config
 from codec.data import Clip, FrameBank, load_crop_cache, semantic_dropout_bias
 from codec.inference import reconstruct
 from codec.losses import (
@@ -172,11 +172,21 @@ class Trainer:
         """The generator from a weights file (codec.weights, e.g. the shipped weights, which
         fit through the device's upload limit where an exported run does not); the
         discriminator and both optimizers start fresh. Counters come from the file's metadata
-        (``step``, ``elapsed``, ``val``) where it has them."""
+        (``step``, ``elapsed``, ``val``) where it has them. The requested config may switch on
+        GROWTH_FIELDS the file was trained without: their layers start at zero, so the model
+        renders as the file's did."""
         from codec.weights import load_model, read_metadata
 
-        model = load_model(path, expected_config=self.mc)
-        self.model.load_state_dict(model.state_dict())
+        model = load_model(path)
+        grown = [f for f in GROWTH_FIELDS if getattr(model.cfg, f) != getattr(self.mc, f)]
+        if dataclasses.replace(model.cfg, **{f: getattr(self.mc, f) for f in grown}) != self.mc:
+            raise SystemExit(f"{path} holds another model config than the one requested")
+        if any(not getattr(self.mc, f) for f in grown):
+            raise SystemExit(f"{path}: dropping {', '.join(grown)} is not a continuation")
+        # Grown layers (GROWTH_FIELDS) are absent from the file and keep their zero start.
+        missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or (missing and not grown):
+            raise SystemExit(f"{path}: tensors do not match ({unexpected[:3]}, {missing[:3]})")
         extra = json.loads(read_metadata(path).get("extra", "{}"))
         self.step = int(extra.get("step", 0))
         self.elapsed = float(extra.get("elapsed", 0.0))

@@ -166,3 +166,35 @@ def test_weights_refused_when_not_matching(tmp_path, tiny):
     save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "something-else"})
     with pytest.raises(ModelMismatchError, match="not an iwcodec weights file"):
         load_model(other)
+
+
+def test_source_patches_carry_the_full_resolution_source(monkeypatch):
+    """cfg.source_patches: each source token also carries its full-resolution pixel patch.
+    Under an identity attention the decoder's refinement stage receives the source image
+    itself, pixel for pixel; the refinement starts at zero but learns (it gets a gradient)."""
+    torch.manual_seed(0)
+    model = ImplicitWarpingModel(dataclasses.replace(tiny_config(), source_patches=True))
+    s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
+    for n_src in (1, 3):
+        out = model(torch.rand(2, n_src, 3, s, s), torch.rand(2, 3, s, s))
+        assert out["prediction"].shape == (2, 3, s, s)
+    out["prediction"].mean().backward()
+    assert model.decoder.refine[-1].weight.grad.abs().sum() > 0
+
+    seen = {}
+
+    def identity_attention(q, k, v, p, key_bias=None, backend="auto"):
+        return v[:, :n_tok], k[:, :n_tok], p[:, :n_tok]  # query i takes key i
+
+    def decoder(x, warped_pixels=None):
+        seen["warped"] = warped_pixels
+        return torch.zeros(x.shape[0], 3, s, s)
+
+    monkeypatch.setattr("kernels.warp_attention", identity_attention)
+    monkeypatch.setattr(model.decoder, "forward", decoder)
+    image = torch.rand(1, 3, s, s)
+    with torch.no_grad():
+        kp, st = model.detect(image)
+        model.render(model.encode_source(image, kp, st), kp, st)
+    assert seen["warped"].shape == (1, 3, s, s)
+    torch.testing.assert_close(seen["warped"], image * 2 - 1)

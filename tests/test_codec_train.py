@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -187,6 +189,47 @@ def test_start_with_a_given_discriminator(trainer, tmp_path):
         other.load_discriminator(tmp_path / "junk.safetensors")
     with pytest.raises(SystemExit):
         parse_args(["--init-discriminator", str(shard)])
+
+
+def test_grow_source_patches_from_weights_without(trainer, tmp_path):
+    """--init-from FILE --model source_patches=true: the file's tensors, the new layers at
+    zero, so the grown model renders exactly as the file's; the reverse is refused."""
+    from codec.inference import reconstruct
+    from codec.weights import load_model, save_weights
+
+    trainer.optimize(trainer.sample_batch(0))
+    path = tmp_path / "w.safetensors"
+    save_weights(trainer.model, path, extra={"step": 3})
+    base = ["--init-from", str(path), "--cache", trainer.tc.cache]
+    mc, tc = parse_args([*base, "--model", "source_patches=true", "--out", str(tmp_path / "r")])
+    assert mc.source_patches and not trainer.mc.source_patches
+    grown = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    grown.load_init(path)
+    assert grown.step == 3
+    s = mc.image_size
+    src, drv = torch.rand(2, 3, s, s), torch.rand(3, 3, s, s)
+    want, _, _ = reconstruct(load_model(path), src, drv)
+    got, _, _ = reconstruct(grown.model.eval(), src, drv)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+    save_weights(grown.model, tmp_path / "grown.safetensors")
+    mc2, tc2 = parse_args(
+        ["--init-from", str(tmp_path / "grown.safetensors"), "--cache", trainer.tc.cache]
+    )
+    other = Trainer(
+        dataclasses.replace(mc2, source_patches=False),
+        tc2,
+        Dist(),
+        load_crop_cache(tc2.cache),
+        None,
+    )
+    with pytest.raises(SystemExit, match="not a continuation"):
+        other.load_init(tmp_path / "grown.safetensors")
+    other = Trainer(
+        dataclasses.replace(mc2, num_kp=4), tc2, Dist(), load_crop_cache(tc2.cache), None
+    )
+    with pytest.raises(SystemExit, match="another model config"):
+        other.load_init(tmp_path / "grown.safetensors")
 
 
 def test_learning_rate_decays_linearly_at_the_end(trainer):

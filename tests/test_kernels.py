@@ -158,8 +158,9 @@ def test_split_equals_unsplit():
         dict(d=256, dv=200, dp=3, lq=19, per_src=20),  # the widest class, padded Dv
         dict(d=24, dv=40, dp=5, lq=33, per_src=21),  # widths that are no power of two
         dict(d=16, dv=16, dp=1, lq=1, per_src=1, extras=1),  # one query, two keys
+        dict(d=16, dv=16, dp=51, lq=17, per_src=16),  # pixels + 4x4 patches (source_patches)
     ],
-    ids=["wide", "odd-widths", "two-keys"],
+    ids=["wide", "odd-widths", "two-keys", "source-patches"],
 )
 def test_odd_shapes(dims):
     ins = make_inputs(1, dtype=torch.float16, batch=1, **dims)
