@@ -1,7 +1,7 @@
 """Compare weights files on a crop cache: which checkpoint to ship, and where the model loses.
 
     python tools/compare_weights.py .cache/crops_val_256 codec/weights/iwcodec-256.safetensors \
-        .cache/run3_export/best.safetensors --every 8 --json results/training/run3/candidates.json
+        .cache/run3_export/best.safetensors --every 8 --json results/training/run3/candidates_val.json
 
 For every ``--every``-th frame of each clip (frame 0, N, 2N, ...), PSNR, SSIM and LPIPS(alex)
 of three reconstructions, frame-weighted over the clips:
