@@ -194,9 +194,9 @@ class Trainer:
 
     def load_discriminator(self, path: Path) -> None:
         """The discriminator from one safetensors file (e.g. an exported run's bfloat16
-        ``discriminator-0.safetensors``). Pairing it with a weights file spares a continued run
-        the steps a fresh discriminator needs to catch up, during which validation LPIPS rises
-        (about 2,000 steps in run2, docs/model.md)."""
+        ``discriminator-0.safetensors``), to pair with a weights file: a fresh discriminator
+        first has to catch up, and validation LPIPS rose for about 2,000 steps while it did
+        (run2, docs/model.md)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
