@@ -58,6 +58,12 @@ def write_clip(
     return path
 
 
+def write_exact_clip(path: Path, frames: list[np.ndarray]) -> Path:
+    """``frames`` as near-lossless H.264 (crf 12, full-resolution colour), so crops and face
+    detection see the pictures as drawn."""
+    return write_clip(path, frames, crf=12, pix_fmt="yuv444p")
+
+
 def short_clip(path: Path, frames: int, fps: int | Fraction = 25) -> Path:
     """The first ``frames`` pictures of the sample (a real face, so the crop finds one),
     re-encoded at ``fps`` with little loss (crf 14)."""

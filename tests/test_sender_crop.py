@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _media import SAMPLE, write_clip
+from _media import SAMPLE, write_exact_clip
 
 from iwcodec.errors import NoFaceError
 from sender.crop import (
@@ -42,10 +42,6 @@ def scene(face: np.ndarray, x: float, y: float) -> np.ndarray:
     return img
 
 
-def write_video(path: Path, frames: list[np.ndarray]) -> Path:
-    return write_clip(path, frames, crf=12, pix_fmt="yuv444p")
-
-
 def jittered_path(
     n: int, x: float, y: float, amp: float, seed: int = 0
 ) -> list[tuple[float, float]]:
@@ -58,7 +54,7 @@ def jittered_path(
 
 def test_offline_box_holds_still_under_wobble(tmp_path: Path, face: np.ndarray) -> None:
     pos = jittered_path(30, 110, 50, amp=3)
-    path = write_video(tmp_path / "wobble.mp4", [scene(face, x, y) for x, y in pos])
+    path = write_exact_clip(tmp_path / "wobble.mp4", [scene(face, x, y) for x, y in pos])
     clip = crop_video(path, size=64)
     assert clip.frames.shape == (30, 64, 64, 3) and clip.frames.dtype == np.uint8
     assert clip.detected.all()
@@ -75,7 +71,7 @@ def test_offline_box_holds_still_under_wobble(tmp_path: Path, face: np.ndarray) 
 
 def test_offline_box_follows_real_motion_smoothly(tmp_path: Path, face: np.ndarray) -> None:
     xs = [10.0] * 10 + list(np.linspace(10, 130, 25)) + [130.0] * 15
-    path = write_video(tmp_path / "move.mp4", [scene(face, x, 50) for x in xs])
+    path = write_exact_clip(tmp_path / "move.mp4", [scene(face, x, 50) for x in xs])
     clip = crop_video(path, size=64)
     b = clip.boxes
     assert abs((b[-1, 0] - b[0, 0]) - 120) < 6  # travelled with the face
@@ -88,7 +84,7 @@ def test_offline_box_follows_real_motion_smoothly(tmp_path: Path, face: np.ndarr
 def test_frames_without_face_hold_the_box(tmp_path: Path, face: np.ndarray) -> None:
     blank = np.full((*CANVAS, 3), 96, np.uint8)
     frames = [scene(face, 110, 50)] * 8 + [blank] * 4 + [scene(face, 110, 50)] * 8
-    clip = crop_video(write_video(tmp_path / "gap.mp4", frames), size=32)
+    clip = crop_video(write_exact_clip(tmp_path / "gap.mp4", frames), size=32)
     assert clip.detected.tolist() == [True] * 8 + [False] * 4 + [True] * 8
     assert np.ptp(clip.boxes, axis=0).max() < 0.5
 
@@ -96,7 +92,7 @@ def test_frames_without_face_hold_the_box(tmp_path: Path, face: np.ndarray) -> N
 def test_no_face_raises_naming_the_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(6)]
-    path = write_video(tmp_path / "noise_only.mp4", frames)
+    path = write_exact_clip(tmp_path / "noise_only.mp4", frames)
     with pytest.raises(NoFaceError, match="noise_only.mp4"):
         crop_video(path)
 

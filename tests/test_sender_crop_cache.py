@@ -7,14 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _media import SAMPLE, write_clip
+from _media import SAMPLE, write_exact_clip
 
 import sender.cache as cache
 from sender.video import iter_frames
-
-
-def write_video(path: Path, frames: list[np.ndarray]) -> Path:
-    return write_clip(path, frames, crf=12, pix_fmt="yuv444p")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +24,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
         img = np.full((300, 400, 3), 80, np.uint8)
         img[20 + k : 276 + k, 60:316] = rgb
         canvas.append(img)
-    write_video(d / "talker.mp4", canvas)
+    write_exact_clip(d / "talker.mp4", canvas)
     rng = np.random.default_rng(3)
-    write_video(
+    write_exact_clip(
         d / "wall.mp4", [np.full((64, 64, 3), c, np.uint8) for c in rng.integers(0, 255, 5)]
     )
     (d / "readme.mov").write_text("not a video")
