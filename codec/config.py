@@ -162,6 +162,12 @@ class TrainConfig:
     lr: float = 2e-4
     lr_decay_steps: int = 0  # linear decay over the last this many steps before max_steps
     lr_final: float = 0.1  # the rate at max_steps, as a fraction of lr
+    # linear ramp from 0 over the first this many steps of a run started with --init-from or
+    # from scratch (fresh Adam moments at the full rate set validation back, docs/model.md)
+    lr_warmup_steps: int = 0
+    # validate and save best.safetensors from an exponential moving average of the generator's
+    # weights with this decay per step (0: the raw weights)
+    ema_decay: float = 0.0
     betas: tuple[float, float] = (0.5, 0.999)
     max_steps: int = 100_000
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit)

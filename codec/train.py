@@ -13,11 +13,15 @@ after ``gan_start_step`` a multi-scale patch GAN (hinge) with feature matching. 
 Writes to OUT: ``log.jsonl`` (losses, keypoint spread, throughput; validation metrics),
 ``last.pt`` (resumable checkpoint, loaded with ``weights_only=True``), ``best.safetensors``
 (the best validation LPIPS so far), ``config.json``, ``curves.png`` and ``samples.png``.
+With ``--ema-decay`` validation, ``best.safetensors`` and the exported ``ema.safetensors`` use
+an exponential moving average of the generator's weights (Polyak averaging; the StyleGAN and
+BigGAN generators are evaluated the same way), which trains on unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -117,7 +121,12 @@ class Trainer:
         self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
         self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine)
         self.val_clips = val_clips
+        # The averaged generator (main process only: it validates and saves).
+        self.ema = None
+        if tc.ema_decay > 0 and d.main:
+            self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.step = 0
+        self.init_step = 0  # the step this run started from (--init-from), for the warmup
         self.elapsed = 0.0  # training seconds over all sessions
         self.best_lpips = math.inf
         self.out = Path(tc.out)
@@ -137,12 +146,15 @@ class Trainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "best_lpips": self.best_lpips,
+            "init_step": self.init_step,
             "model": self.model.state_dict(),
             "disc": self.disc.state_dict(),
             "g_opt": self.g_opt.state_dict(),
             "d_opt": self.d_opt.state_dict(),
             "model_config": self.mc.to_json(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         tmp = self.out / "last.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(self.out / "last.pt")
@@ -160,6 +172,8 @@ class Trainer:
             state["elapsed"],
             state["best_lpips"],
         )
+        self.init_step = state.get("init_step", 0)
+        self.reset_ema(state.get("ema"))
 
     def load_init(self, path: Path) -> None:
         """Start from an exported run (a folder, see export_run) or from a weights file."""
@@ -167,6 +181,21 @@ class Trainer:
             self.load_weights_file(path)
         else:
             self.load_exported(path)
+        self.init_step = self.step
+
+    def reset_ema(self, state: dict | None = None) -> None:
+        """The average restarts at ``state`` (a saved average) or at the current weights."""
+        if self.ema is not None:
+            self.ema.load_state_dict(state if state is not None else self.model.state_dict())
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        mine, theirs = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(mine, theirs, 1.0 - self.tc.ema_decay)
+        for a, b in zip(self.ema.buffers(), self.model.buffers()):
+            a.copy_(b)
 
     def load_weights_file(self, path: Path) -> None:
         """The generator from a weights file (codec.weights, e.g. the shipped weights, which
@@ -191,6 +220,7 @@ class Trainer:
         self.step = int(extra.get("step", 0))
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.best_lpips = float(extra.get("val", {}).get("lpips_1src", math.inf))
+        self.reset_ema()
 
     def load_discriminator(self, path: Path) -> None:
         """The discriminator from one safetensors file (e.g. an exported run's bfloat16
@@ -224,6 +254,11 @@ class Trainer:
             state["elapsed"],
             state["best_lpips"],
         )
+        self.reset_ema()
+        if self.ema is not None and (directory / "ema.safetensors").exists():
+            from codec.weights import load_model
+
+            self.reset_ema(load_model(directory / "ema.safetensors").float().state_dict())
 
     # one step ---------------------------------------------------------------------------------
     def sample_batch(self, step: int) -> Batch:
@@ -275,14 +310,18 @@ class Trainer:
 
     def learning_rate(self) -> float:
         """Constant ``lr``, then (with ``lr_decay_steps``) linear to ``lr * lr_final`` over the
-        last ``lr_decay_steps`` before ``max_steps``. A function of the step alone, so every
-        rank applies the same rate."""
+        last ``lr_decay_steps`` before ``max_steps``; with ``lr_warmup_steps`` it first ramps
+        linearly up from the run's first step. A function of the step alone, so every rank
+        applies the same rate."""
         tc = self.tc
-        if tc.lr_decay_steps <= 0:
-            return tc.lr
-        start = tc.max_steps - tc.lr_decay_steps
-        frac = min(max((self.step - start) / tc.lr_decay_steps, 0.0), 1.0)
-        return tc.lr * (1.0 - frac * (1.0 - tc.lr_final))
+        lr = tc.lr
+        if tc.lr_decay_steps > 0:
+            start = tc.max_steps - tc.lr_decay_steps
+            frac = min(max((self.step - start) / tc.lr_decay_steps, 0.0), 1.0)
+            lr *= 1.0 - frac * (1.0 - tc.lr_final)
+        if tc.lr_warmup_steps > 0:
+            lr *= min((self.step - self.init_step + 1) / tc.lr_warmup_steps, 1.0)
+        return lr
 
     def optimize(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One generator (and, once the GAN is on, discriminator) update."""
@@ -296,6 +335,7 @@ class Trainer:
         self.g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         self.g_opt.step()
+        self.update_ema()
         if use_gan:
             with self._autocast():
                 pred = out["prediction"].detach()
@@ -322,8 +362,10 @@ class Trainer:
     def validate(self) -> dict:
         """Rebuild evenly spaced frames of each val clip from 1 and 2 sources (the first frame;
         first + middle) and compare with the frozen baseline (the nearest source shown for
-        every frame): PSNR and LPIPS(alex), means over clips."""
-        self.model.eval()
+        every frame): PSNR and LPIPS(alex), means over clips. The averaged weights with
+        ``ema_decay``, else the raw ones."""
+        model = self.ema if self.ema is not None else self.model
+        model.eval()
         per_clip, samples = {}, []
         for clip in self.val_clips:
             frames = torch.from_numpy(np.array(clip.frames)).to(self.d.device)
@@ -335,7 +377,7 @@ class Trainer:
             for n in (1, 2):
                 src_idx = [i * t // n for i in range(n)]
                 with self._autocast():
-                    pred, kp_src, kp_drv = reconstruct(self.model, frames[src_idx], target)
+                    pred, kp_src, kp_drv = reconstruct(model, frames[src_idx], target)
                 nearest = [min(src_idx, key=lambda s, i=int(i): abs(s - i)) for i in idx]
                 frozen = frames[nearest]
                 res[f"psnr_{n}src"] = _psnr(pred, target)
@@ -419,7 +461,7 @@ class Trainer:
                 if val["mean"]["lpips_1src"] < self.best_lpips:
                     self.best_lpips = val["mean"]["lpips_1src"]
                     save_weights(
-                        self.model,
+                        self.ema if self.ema is not None else self.model,
                         self.out / "best.safetensors",
                         extra={"step": self.step, "elapsed": self.elapsed, "val": val["mean"]},
                     )
@@ -476,8 +518,10 @@ def load_shards(directory: Path, name: str) -> dict[str, torch.Tensor]:
 def export_run(run_dir: str | Path, out_dir: str | Path) -> None:
     """Copy what continuing a run elsewhere needs, in files the GPU machine can return (8 files,
     16 MiB each): the generator in float32 shards, the discriminator in bfloat16, counters
-    and configs, the best weights, the log and the two pictures. Optimizer moments stay behind
-    (they would double the size); a continued run starts them afresh."""
+    and configs, the best weights, the averaged weights (``ema.safetensors``, with
+    ``ema_decay``), the log and the samples (``plot_curves`` redraws the curves from the log).
+    Optimizer moments stay behind (they would double the size); a continued run starts them
+    afresh."""
     import shutil
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -492,7 +536,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     meta = {k: state[k] for k in ("step", "elapsed", "best_lpips")}
     (out_dir / "state.json").write_text(json.dumps({**meta, **config}, indent=1))
-    for name in ("best.safetensors", "log.jsonl", "curves.png", "samples.png"):
+    if "ema" in state:
+        ema = ImplicitWarpingModel(ModelConfig.from_dict(json.loads(state["model_config"])))
+        ema.load_state_dict(state["ema"])
+        save_weights(
+            ema,
+            out_dir / "ema.safetensors",
+            extra={"step": meta["step"], "elapsed": meta["elapsed"]},
+        )
+    for name in ("best.safetensors", "log.jsonl", "samples.png"):
         if (run_dir / name).exists():
             shutil.copy(run_dir / name, out_dir / name)
 

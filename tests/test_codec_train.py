@@ -245,3 +245,60 @@ def test_learning_rate_decays_linearly_at_the_end(trainer):
     stats = trainer.optimize(trainer.sample_batch(0))
     assert stats["lr"].item() == pytest.approx(lr * 0.1)
     assert all(g["lr"] == pytest.approx(lr * 0.1) for g in trainer.d_opt.param_groups)
+
+
+def test_warmup_ramps_up_from_the_first_step_of_the_run(trainer):
+    """--lr-warmup-steps ramps from the step the run started at (e.g. a weights file's)."""
+    trainer.tc.lr_warmup_steps, trainer.tc.max_steps = 10, 1000
+    lr = trainer.tc.lr
+    trainer.init_step = trainer.step = 500
+    assert trainer.learning_rate() == pytest.approx(lr * 0.1)
+    trainer.step = 504
+    assert trainer.learning_rate() == pytest.approx(lr * 0.5)
+    trainer.step = 520
+    assert trainer.learning_rate() == lr
+
+
+def _ema_trainer(trainer, decay=0.75):
+    tc = dataclasses.replace(trainer.tc, ema_decay=decay)
+    return Trainer(trainer.mc, tc, Dist(), load_crop_cache(tc.cache), None)
+
+
+def test_ema_averages_the_weights_and_travels_with_the_run(trainer, tmp_path):
+    """--ema-decay: after each step the average moves (1 - decay) of the way to the new weights;
+    the training weights are unchanged by it; checkpoints and exports keep the average."""
+    import json
+
+    from codec.train import export_run
+    from codec.weights import load_model
+
+    t = _ema_trainer(trainer)
+    before = {k: v.clone() for k, v in t.model.named_parameters()}
+    t.optimize(t.sample_batch(0))
+    t.step = 1
+    ema = dict(t.ema.named_parameters())
+    moved = 0
+    for k, v in t.model.named_parameters():
+        assert torch.allclose(ema[k], before[k] + 0.25 * (v - before[k]), atol=1e-6)
+        moved += not torch.equal(v, before[k])
+    assert moved > 0 and not ema["decoder.out.weight"].requires_grad
+    t.out.mkdir(parents=True, exist_ok=True)
+    (t.out / "config.json").write_text(
+        json.dumps({"model": t.mc.to_dict(), "train": {}, "world": 1})
+    )
+    t.save()
+    resumed = _ema_trainer(trainer)
+    resumed.load(t.out / "last.pt")
+    for a, b in zip(t.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    export_run(t.out, tmp_path / "moved")
+    files = list((tmp_path / "moved").iterdir())
+    assert len(files) <= 8 and (tmp_path / "moved" / "ema.safetensors").exists()
+    shipped = load_model(tmp_path / "moved" / "ema.safetensors").float().state_dict()
+    for k, v in t.ema.state_dict().items():
+        assert torch.equal(shipped[k], v.half().to(v.dtype) if v.is_floating_point() else v)
+    continued = _ema_trainer(trainer)
+    continued.load_init(tmp_path / "moved")
+    assert continued.init_step == 1
+    for k, v in continued.ema.state_dict().items():
+        assert torch.equal(v, shipped[k])
