@@ -190,6 +190,7 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, after each generator step."""
         if self.ema is None:
             return
         mine, theirs = list(self.ema.parameters()), list(self.model.parameters())
@@ -254,11 +255,12 @@ class Trainer:
             state["elapsed"],
             state["best_lpips"],
         )
-        self.reset_ema()
         if self.ema is not None and (directory / "ema.safetensors").exists():
             from codec.weights import load_model
 
             self.reset_ema(load_model(directory / "ema.safetensors").float().state_dict())
+        else:
+            self.reset_ema()
 
     # one step ---------------------------------------------------------------------------------
     def sample_batch(self, step: int) -> Batch:

@@ -276,9 +276,12 @@ def test_ema_averages_the_weights_and_travels_with_the_run(trainer, tmp_path):
     before = {k: v.clone() for k, v in t.model.named_parameters()}
     t.optimize(t.sample_batch(0))
     t.step = 1
+    trainer.optimize(trainer.sample_batch(0))  # the same seed and step without the average
+    plain = dict(trainer.model.named_parameters())
     ema = dict(t.ema.named_parameters())
     moved = 0
     for k, v in t.model.named_parameters():
+        assert torch.equal(v, plain[k])
         assert torch.allclose(ema[k], before[k] + 0.25 * (v - before[k]), atol=1e-6)
         moved += not torch.equal(v, before[k])
     assert moved > 0 and not ema["decoder.out.weight"].requires_grad
@@ -294,11 +297,11 @@ def test_ema_averages_the_weights_and_travels_with_the_run(trainer, tmp_path):
     export_run(t.out, tmp_path / "moved")
     files = list((tmp_path / "moved").iterdir())
     assert len(files) <= 8 and (tmp_path / "moved" / "ema.safetensors").exists()
-    shipped = load_model(tmp_path / "moved" / "ema.safetensors").float().state_dict()
+    averaged = load_model(tmp_path / "moved" / "ema.safetensors").float().state_dict()
     for k, v in t.ema.state_dict().items():
-        assert torch.equal(shipped[k], v.half().to(v.dtype) if v.is_floating_point() else v)
+        assert torch.equal(averaged[k], v.half().to(v.dtype) if v.is_floating_point() else v)
     continued = _ema_trainer(trainer)
     continued.load_init(tmp_path / "moved")
     assert continued.init_step == 1
     for k, v in continued.ema.state_dict().items():
-        assert torch.equal(v, shipped[k])
+        assert torch.equal(v, averaged[k])
