@@ -188,6 +188,12 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state if state is not None else self.model.state_dict())
 
+    @property
+    def validated_model(self) -> ImplicitWarpingModel:
+        """The weights validation scores and best.safetensors holds: the average with
+        ``ema_decay``, else the raw ones."""
+        return self.ema if self.ema is not None else self.model
+
     @torch.no_grad()
     def update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * weights, after each generator step."""
@@ -364,9 +370,8 @@ class Trainer:
     def validate(self) -> dict:
         """Rebuild evenly spaced frames of each val clip from 1 and 2 sources (the first frame;
         first + middle) and compare with the frozen baseline (the nearest source shown for
-        every frame): PSNR and LPIPS(alex), means over clips. The averaged weights with
-        ``ema_decay``, else the raw ones."""
-        model = self.ema if self.ema is not None else self.model
+        every frame): PSNR and LPIPS(alex), means over clips, of ``validated_model``."""
+        model = self.validated_model
         model.eval()
         per_clip, samples = {}, []
         for clip in self.val_clips:
@@ -463,7 +468,7 @@ class Trainer:
                 if val["mean"]["lpips_1src"] < self.best_lpips:
                     self.best_lpips = val["mean"]["lpips_1src"]
                     save_weights(
-                        self.ema if self.ema is not None else self.model,
+                        self.validated_model,
                         self.out / "best.safetensors",
                         extra={"step": self.step, "elapsed": self.elapsed, "val": val["mean"]},
                     )
