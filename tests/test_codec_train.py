@@ -305,3 +305,21 @@ def test_ema_averages_the_weights_and_travels_with_the_run(trainer, tmp_path):
     assert continued.init_step == 1
     for k, v in continued.ema.state_dict().items():
         assert torch.equal(v, averaged[k])
+
+
+def test_best_weights_are_the_validated_average(trainer):
+    """With --ema-decay the run validates the average and best.safetensors holds it, not the
+    raw weights."""
+    from codec.weights import load_model
+
+    tc = dataclasses.replace(
+        trainer.tc, ema_decay=0.5, max_steps=1, val_every=1, val_frames_per_clip=4
+    )
+    clips = load_crop_cache(tc.cache)
+    t = Trainer(trainer.mc, tc, Dist(), clips, clips)
+    t.run()
+    best = load_model(t.out / "best.safetensors").float().state_dict()
+    ema, raw = t.ema.state_dict(), t.model.state_dict()
+    key = "decoder.out.weight"
+    assert torch.equal(best[key], ema[key].half().float())
+    assert not torch.equal(best[key], raw[key].half().float())
