@@ -67,6 +67,13 @@ class ModelConfig:
     # at zero, so weights trained without it load into it and render unchanged
     # (GROWTH_FIELDS, codec.train: --init-from FILE --model source_patches=true).
     source_patches: bool = False
+    # Not in the paper: a second pass of the attention, sharpened, averages each source token's
+    # position: per driving token and source, where its content comes from. With that implicit
+    # flow the full-resolution source is warped by bilinear sampling (sharp where
+    # source_patches' averaged patches are blurred), and a mask stage blends the warped source
+    # into the decoder's output (codec.model.ImplicitWarpingModel.warp_sources, Decoder). Zero
+    # start: grows from weights without it (GROWTH_FIELDS).
+    source_warp: bool = False
     # 1/4 resolution everywhere the paper says so.
     feature_stride: int = 4
 
@@ -78,13 +85,15 @@ class ModelConfig:
             )
         if len(self.decoder_channels) != 2 or self.feature_stride != 4:
             raise ValueError("the decoder has exactly 2 upsampling blocks (feature_stride 4)")
+        if self.source_patches and self.source_warp:
+            raise ValueError("source_patches and source_warp are two refinements: choose one")
         if not 1 <= self.num_kp <= 255:
             raise ValueError("num_kp must be in 1..255")
 
     @property
     def patch_channels(self) -> int:
         """Channels of a source token's full-resolution pixel patch (0 without them)."""
-        return 3 * self.feature_stride**2 if self.source_patches else 0
+        return 3 * self.feature_stride**2 if self.source_patches or self.source_warp else 0
 
     @property
     def feature_size(self) -> int:
@@ -148,7 +157,7 @@ class LossWeights:
 
 # Fields that add layers whose zero start leaves the model's function unchanged: weights trained
 # without them can start a run with them (codec.train.Trainer.load_weights_file).
-GROWTH_FIELDS = ("source_patches",)
+GROWTH_FIELDS = ("source_patches", "source_warp")
 
 
 @dataclass

@@ -198,3 +198,39 @@ def test_source_patches_carry_the_full_resolution_source(monkeypatch):
         model.render(model.encode_source(image, kp, st), kp, st)
     assert seen["warped"].shape == (1, 3, s, s)
     torch.testing.assert_close(seen["warped"], image * 2 - 1)
+
+
+def test_source_warp_blends_in_the_source_sampled_at_the_attention_flow(monkeypatch):
+    """cfg.source_warp: a second, sharpened attention pass averages the source tokens'
+    positions into a flow, with which the full-resolution source is sampled. Under an identity
+    attention that flow is the identity, so with the blend mask forced to 1 the output is the
+    source itself, pixel for pixel. The mask starts at 0 but learns, and through it the flow's
+    sharpness and the keys get a gradient. (That the grown model renders as the weights it grew
+    from: tests/test_codec_train.py::test_grow_from_weights_without.)"""
+    torch.manual_seed(0)
+    model = ImplicitWarpingModel(dataclasses.replace(tiny_config(), source_warp=True))
+    s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
+    for n_src in (1, 3):
+        out = model(torch.rand(2, n_src, 3, s, s), torch.rand(2, 3, s, s))
+        assert out["prediction"].shape == (2, 3, s, s)
+    out["prediction"].mean().backward()
+    assert model.decoder.blend[-1].weight.grad.abs().sum() > 0
+
+    # Mask 1 everywhere: the sharpness and the keys now reach the output through the flow.
+    with torch.no_grad():
+        model.decoder.blend[-1].bias.fill_(1.0)
+    model.zero_grad()
+    image = torch.rand(1, 3, s, s)
+    kp, st = model.detect(image)
+    model.render(model.encode_source(image, kp, st), kp.detach(), st.detach()).mean().backward()
+    assert model.warp_log_sharpness.grad.abs() > 0
+    assert model.key_proj.weight.grad.abs().sum() > 0
+
+    def identity_attention(q, k, v, p, key_bias=None, backend="auto"):
+        return v[:, :n_tok], k[:, :n_tok], p[:, :n_tok]  # query i takes key i of source 0
+
+    monkeypatch.setattr("kernels.warp_attention", identity_attention)
+    with torch.no_grad():
+        kp, st = model.detect(image)
+        src = model.encode_source(image, kp, st)
+        torch.testing.assert_close(model.render(src, kp, st), image)

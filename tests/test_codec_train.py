@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from codec.config import GROWTH_FIELDS
 from codec.data import load_crop_cache, semantic_dropout_bias
 from codec.train import Dist, Trainer, parse_args
 
@@ -191,9 +192,11 @@ def test_start_with_a_given_discriminator(trainer, tmp_path):
         parse_args(["--init-discriminator", str(shard)])
 
 
-def test_grow_source_patches_from_weights_without(trainer, tmp_path):
-    """--init-from FILE --model source_patches=true: the file's tensors, the new layers at
-    zero, so the grown model renders exactly as the file's; the reverse is refused."""
+@pytest.mark.parametrize("field", GROWTH_FIELDS)
+def test_grow_from_weights_without(trainer, tmp_path, field):
+    """--init-from FILE --model source_patches=true (or source_warp=true): the file's tensors,
+    the new layers at their start, so the grown model renders exactly as the file's; the
+    reverse is refused."""
     from codec.inference import reconstruct
     from codec.weights import load_model, save_weights
 
@@ -201,8 +204,8 @@ def test_grow_source_patches_from_weights_without(trainer, tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(trainer.model, path, extra={"step": 3})
     base = ["--init-from", str(path), "--cache", trainer.tc.cache]
-    mc, tc = parse_args([*base, "--model", "source_patches=true", "--out", str(tmp_path / "r")])
-    assert mc.source_patches and not trainer.mc.source_patches
+    mc, tc = parse_args([*base, "--model", f"{field}=true", "--out", str(tmp_path / "r")])
+    assert getattr(mc, field) and not getattr(trainer.mc, field)
     grown = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
     grown.load_init(path)
     assert grown.step == 3
@@ -217,7 +220,7 @@ def test_grow_source_patches_from_weights_without(trainer, tmp_path):
         ["--init-from", str(tmp_path / "grown.safetensors"), "--cache", trainer.tc.cache]
     )
     other = Trainer(
-        dataclasses.replace(mc2, source_patches=False),
+        dataclasses.replace(mc2, **{field: False}),
         tc2,
         Dist(),
         load_crop_cache(tc2.cache),
