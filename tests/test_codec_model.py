@@ -168,18 +168,27 @@ def test_weights_refused_when_not_matching(tmp_path, tiny):
         load_model(other)
 
 
-def test_source_patches_carry_the_full_resolution_source(monkeypatch):
-    """cfg.source_patches: each source token also carries its full-resolution pixel patch.
-    Under an identity attention the decoder's refinement stage receives the source image
-    itself, pixel for pixel; the refinement starts at zero but learns (it gets a gradient)."""
+def _grown_model_learns(**refinement) -> ImplicitWarpingModel:
+    """A tiny model with a refinement switched on: forward with 1 and 3 sources, and the
+    refinement's zero-started last convolution gets a gradient."""
     torch.manual_seed(0)
-    model = ImplicitWarpingModel(dataclasses.replace(tiny_config(), source_patches=True))
-    s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
+    model = ImplicitWarpingModel(dataclasses.replace(tiny_config(), **refinement))
+    s = model.cfg.image_size
     for n_src in (1, 3):
         out = model(torch.rand(2, n_src, 3, s, s), torch.rand(2, 3, s, s))
         assert out["prediction"].shape == (2, 3, s, s)
     out["prediction"].mean().backward()
-    assert model.decoder.refine[-1].weight.grad.abs().sum() > 0
+    last = (model.decoder.refine or model.decoder.blend)[-1]
+    assert last.weight.grad.abs().sum() > 0
+    return model
+
+
+def test_source_patches_carry_the_full_resolution_source(monkeypatch):
+    """cfg.source_patches: each source token also carries its full-resolution pixel patch.
+    Under an identity attention the decoder's refinement stage receives the source image
+    itself, pixel for pixel; the refinement starts at zero but learns (it gets a gradient)."""
+    model = _grown_model_learns(source_patches=True)
+    s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
 
     seen = {}
 
@@ -207,14 +216,8 @@ def test_source_warp_blends_in_the_source_sampled_at_the_attention_flow(monkeypa
     source itself, pixel for pixel. The mask starts at 0 but learns, and through it the flow's
     sharpness and the keys get a gradient. (That the grown model renders as the weights it grew
     from: tests/test_codec_train.py::test_grow_from_weights_without.)"""
-    torch.manual_seed(0)
-    model = ImplicitWarpingModel(dataclasses.replace(tiny_config(), source_warp=True))
+    model = _grown_model_learns(source_warp=True)
     s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
-    for n_src in (1, 3):
-        out = model(torch.rand(2, n_src, 3, s, s), torch.rand(2, 3, s, s))
-        assert out["prediction"].shape == (2, 3, s, s)
-    out["prediction"].mean().backward()
-    assert model.decoder.blend[-1].weight.grad.abs().sum() > 0
 
     # Mask 1 everywhere: the sharpness and the keys now reach the output through the flow.
     with torch.no_grad():
