@@ -804,6 +804,7 @@ class Call:
                 "alone": getattr(self._sack, "alone", None),
             }
             summary["frames_per_message"] = self.hello.get("frames_per_message")
+            summary["connected_at"] = self._connected_at  # wall clock, like the timeline
         timeline = {}
         if self.options.timeline:
             timeline = {

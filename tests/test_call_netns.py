@@ -4,8 +4,10 @@ tc netem where the kernel has netem, else the same impairments applied to TUN de
 
 The two peers and the signaling server run as ``iwcodec`` processes, one peer per namespace;
 the call is set up across the impaired link too. Checked: the call survives to its end, frames
-keep arriving, lost keypoint units are followed by recovery (resync units) within a bounded
-outage, and the wire counts of the peers match what the link itself carried.
+keep arriving once both peers are in the call (before that, a peer whose SCTP handshake is
+still on its 3 s retransmission timer cannot ask for resyncs: docs/calls.md section 6), lost
+keypoint units are followed by recovery (resync units) within a bounded outage, and the wire
+counts of the peers match what the link itself carried.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def test_call_survives_loss_delay_and_a_slow_link(tmp_path):
         # frames keep arriving through the call: no long freeze, a steady rate
         times = np.sort([float(t) for t in report["timeline"]["shown"].values()])
         assert len(times) > 5 * SECONDS / 2, f"{side}: only {len(times)} frames shown"
-        assert shown["longest_freeze_s"] < 3.0, shown
+        assert shown["longest_freeze_s"] < 3.0, (shown, summary.get("connect_skew_s"))
         assert report["series"][-1]["t"] - times[-1] < 2.0, "frames stopped before the end"
         # the loss hit, and every loss was recovered from
         assert shown["frames_lost"] > 0
@@ -54,10 +56,10 @@ def test_call_survives_loss_delay_and_a_slow_link(tmp_path):
         assert report["summary"]["totals"]["resync_requests_sent"] > 0
     if "link_kbps_in" in summary:
         # the peers' own wire counts agree with what entered the link (IP packets)
-        for side, direction in (("a", "a_to_b"), ("b", "b_to_a")):
-            mine = summary[f"sent_by_{side}"]["wire_kbps_all"]
+        for direction in ("a_to_b", "b_to_a"):
+            mine = summary["peer_kbps_in_link_window"][direction]
             link = summary["link_kbps_in"][direction]
-            assert abs(mine - link) < 0.1 * link + 1.0, (side, mine, link)
+            assert abs(mine - link) < 0.1 * link + 1.0, (direction, mine, link)
     if "link_counts" in summary:
         for direction in ("a_to_b", "b_to_a"):
             counts = summary["link_counts"][direction]

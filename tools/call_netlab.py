@@ -362,11 +362,19 @@ def summarize(result: dict, lab: NetLab) -> dict:
     """Delivered frame rate, bitrates, loss and recovery times of an impaired call."""
     out = {"method": lab.method, "loss": lab.loss, "delay_s": lab.delay, "rate_bps": lab.rate}
     reports = result["reports"]
+    # A peer whose SCTP handshake is still retransmitting (T1 timer: 3 s, then doubling;
+    # RFC 4960 section 5.1) already receives and shows frames but cannot yet ask for a resync.
+    # Freezes are counted from the moment both peers are in the call; the wait is reported.
+    connected = [r["summary"].get("connected_at") for r in reports]
+    in_call = max(connected) if all(c is not None for c in connected) else -np.inf
+    if all(c is not None for c in connected):
+        out["connect_skew_s"] = abs(connected[0] - connected[1])
     for name, mine, theirs in (("a", reports[0], reports[1]), ("b", reports[1], reports[0])):
         steady = mine["summary"].get("steady", {})
         totals = mine["summary"].get("totals", {})
         shown = sorted(float(t) for t in mine["timeline"].get("shown", {}).values())
-        gaps = np.diff(shown) if len(shown) > 1 else np.zeros(0)
+        shown_in_call = [t for t in shown if t >= in_call]
+        gaps = np.diff(shown_in_call) if len(shown_in_call) > 1 else np.zeros(0)
         capture = theirs["timeline"].get("capture", {})
         lat = [
             mine["timeline"]["shown"][k] - capture[k]
@@ -400,25 +408,37 @@ def summarize(result: dict, lab: NetLab) -> dict:
             "resync_requests_received": totals.get("resync_requests_received"),
             "keyframes": totals.get("keyframes_sent"),
         }
-    # the link's own count over the peers' steady window (after their first 3 s)
-    series = reports[0].get("series") or []
+    # the link's own count of each direction over its sender's steady window (after the
+    # sender's first 3 s in the call), beside the sender's own count over the same samples
     samples = result["link_samples"]
-    if series and len(samples) > 1:
+    for d, report in (("a_to_b", reports[0]), ("b_to_a", reports[1])):
+        series = report.get("series") or []
+        if not series or len(samples) < 2:
+            continue
         t0, t1 = series[0]["t"] + 3.0, series[-1]["t"]
         window = [s for s in samples if t0 <= s[0] <= t1]
-        if len(window) > 1:
-            (ta, ca), (tb, cb) = window[0], window[-1]
-            for key, field_ in (("link_kbps_in", "bytes_in"), ("link_kbps_delivered", "bytes_out")):
-                if field_ in cb["a_to_b"]:
-                    out[key] = {
-                        d: (cb[d][field_] - ca[d][field_]) * 8 / (tb - ta) / 1000
-                        for d in ("a_to_b", "b_to_a")
-                    }
-            if "lost" in cb["a_to_b"]:
-                out["link_counts"] = {
-                    d: {k: cb[d][k] - ca[d][k] for k in ("packets_in", "lost", "overflow")}
-                    for d in ("a_to_b", "b_to_a")
-                }
+        if len(window) < 2:
+            continue
+        (ta, ca), (tb, cb) = window[0], window[-1]
+        for key, field_ in (("link_kbps_in", "bytes_in"), ("link_kbps_delivered", "bytes_out")):
+            if field_ in cb[d]:
+                rate = (cb[d][field_] - ca[d][field_]) * 8 / (tb - ta) / 1000
+                out.setdefault(key, {})[d] = rate
+        # the peer's counters at its series samples nearest the link window's ends
+        pa = min(series, key=lambda c: abs(c["t"] - ta))
+        pb = min(series, key=lambda c: abs(c["t"] - tb))
+        if pb["t"] > pa["t"]:
+            sent = sum(
+                pb[k] - pa.get(k, 0)
+                for k in pb
+                if k.startswith("wire_sent_") and k.endswith("_bytes")
+            )
+            out.setdefault("peer_kbps_in_link_window", {})[d] = (
+                sent * 8 / (pb["t"] - pa["t"]) / 1000
+            )
+        if "lost" in cb[d]:
+            counts = {k: cb[d][k] - ca[d][k] for k in ("packets_in", "lost", "overflow")}
+            out.setdefault("link_counts", {})[d] = counts
     out["ended"] = [r["ended"] for r in reports]
     return out
 
