@@ -398,7 +398,7 @@ class Decoder:
     @torch.inference_mode()
     def render(self, src: SourceFeatures, keypoints: np.ndarray) -> np.ndarray:
         """Frames from source features (batch 1) and keypoints (B, K, 3) -> (B, H, W, 3) uint8."""
-        kp = torch.from_numpy(np.ascontiguousarray(keypoints)).to(self.device)
+        kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
         images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
         return to_uint8(images)
 
