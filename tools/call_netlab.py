@@ -366,8 +366,9 @@ def summarize(result: dict, lab: NetLab) -> dict:
     # RFC 4960 section 5.1) already receives and shows frames but cannot yet ask for a resync.
     # Freezes are counted from the moment both peers are in the call; the wait is reported.
     connected = [r["summary"].get("connected_at") for r in reports]
-    in_call = max(connected) if all(c is not None for c in connected) else -np.inf
-    if all(c is not None for c in connected):
+    in_call = -np.inf
+    if None not in connected:
+        in_call = max(connected)
         out["connect_skew_s"] = abs(connected[0] - connected[1])
     for name, mine, theirs in (("a", reports[0], reports[1]), ("b", reports[1], reports[0])):
         steady = mine["summary"].get("steady", {})
