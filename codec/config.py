@@ -153,6 +153,10 @@ class LossWeights:
     separation_sigma: float = 0.05
     gan: float = 1.0
     feature_matching: float = 10.0
+    # L1 of the source warped by the attention alone (source_warp) against the driving frame:
+    # an auxiliary loss on the implicit flow where the blend mask does not use it yet, as
+    # TPSMM's warp loss (section 3.3, eq. 13) constrains its optical flow.
+    warp: float = 0.0
 
 
 # Fields that add layers whose zero start leaves the model's function unchanged: weights trained
@@ -186,6 +190,9 @@ class TrainConfig:
     aug_independent_affine: float = 0.08  # per-frame random shift/scale/rotation strength
     log_every: int = 50
     val_every: int = 1000
+    # keep the validated weights of every validation as validated-STEP.safetensors (besides
+    # best.safetensors, the best by LPIPS with 1 source), to weigh other steps afterwards
+    keep_validated: bool = False
     ckpt_every: int = 1000
     val_frames_per_clip: int = 48
     seed: int = 0

@@ -303,6 +303,18 @@ class ImplicitWarpingModel(nn.Module):
         src: features of N sources (batch B or 1); kp (B, K, 2); strength (B, K);
         key_bias (B, N*L) of 0/-inf (dropped source keys) -> image (B, 3, H, W) in [0, 1]
         """
+        return self.render_with_guide(src, kp, strength, key_bias)[0]
+
+    def render_with_guide(
+        self,
+        src: SourceFeatures,
+        kp: torch.Tensor,
+        strength: torch.Tensor,
+        key_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`render`, and beside the image what the decoder was guided by: with
+        ``cfg.source_warp`` the warped sources and their mass (B, 4, H, W) of
+        :meth:`warp_sources` (training scores the warp alone too), else None."""
         b = kp.shape[0]
         src = src.expand(b)
         q = self.queries(kp, strength)  # (B, L, d)
@@ -332,10 +344,11 @@ class ImplicitWarpingModel(nn.Module):
         warped = warped.transpose(1, 2).reshape(b, -1, s, s)  # (B, d', S, S)
         if self.cfg.source_patches:
             patches = out_patches.transpose(1, 2).reshape(b, -1, s, s)  # (B, P, S, S)
-            return self.decoder(warped, F.pixel_shuffle(patches, self.cfg.feature_stride))
+            return self.decoder(warped, F.pixel_shuffle(patches, self.cfg.feature_stride)), None
         if self.cfg.source_warp:
-            return self.decoder(warped, self.warp_sources(src, q, keys, key_bias))
-        return self.decoder(warped)
+            guide = self.warp_sources(src, q, keys, key_bias)  # (B, 4, H, W)
+            return self.decoder(warped, guide), guide
+        return self.decoder(warped), None
 
     def _token_tracks(self, n: int) -> torch.Tensor:
         """(N*L, 3N): source i's tokens carry (x, y, 1) in columns 3i..3i+2, zeros elsewhere;
@@ -411,7 +424,9 @@ class ImplicitWarpingModel(nn.Module):
         sources (B, N, 3, H, W), driving (B, 3, H, W), key_bias (B, N*S*S) or None.
         ``extra_detect`` (B', 3, H, W): more images to run the keypoint detector on in the same
         batch (the warped frames of the equivariance loss); their results come back as
-        ``kp_extra`` / ``strength_extra``.
+        ``kp_extra`` / ``strength_extra``. With ``cfg.source_warp`` the sources warped by the
+        attention's implicit flow come back too, as ``warped_source`` (B, 3, H, W) in [0, 1]
+        (mass on the extra keys is grey): training scores it against ``driving``.
         """
         b, n = sources.shape[:2]
         images = [sources.flatten(0, 1), driving] + (
@@ -421,13 +436,16 @@ class ImplicitWarpingModel(nn.Module):
         kp_src, s_src = kp_all[: b * n], s_all[: b * n]
         kp_drv, s_drv = kp_all[b * n : b * n + b], s_all[b * n : b * n + b]
         src = self.encode_source(sources.flatten(0, 1), kp_src, s_src).regroup(b)  # B sets of N
+        prediction, guide = self.render_with_guide(src, kp_drv, s_drv, key_bias)
         out = {
-            "prediction": self.render(src, kp_drv, s_drv, key_bias),
+            "prediction": prediction,
             "kp_driving": kp_drv,
             "strength_driving": s_drv,
             "kp_source": src.kp,  # (B, N, K, 2)
             "strength_source": src.strength,
         }
+        if guide is not None:  # (source_warp) the warped sources alone, in [0, 1]
+            out["warped_source"] = (guide[:, :3] + 1) / 2  # (B, 3, H, W)
         if extra_detect is not None:
             out["kp_extra"], out["strength_extra"] = kp_all[b * n + b :], s_all[b * n + b :]
         return out

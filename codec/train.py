@@ -304,6 +304,9 @@ class Trainer:
             * (out["strength_driving"] - out["strength_extra"]).abs().mean(),
             "separation": w.separation * separation_loss(out["kp_driving"], w.separation_sigma),
         }
+        if w.warp > 0:
+            warped = out["warped_source"].float()  # (B, 3, H, W)
+            losses["warp"] = w.warp * (warped - batch.driving).abs().mean()
         if use_gan:
             # Through the unwrapped discriminator with its weights frozen: the generator step
             # must neither compute nor all-reduce discriminator gradients.
@@ -358,6 +361,8 @@ class Trainer:
         stats["strength_mean"] = out["strength_driving"].detach().float().mean()
         stats["n_src"] = torch.tensor(float(batch.sources.shape[1]), device=self.d.device)
         stats["lr"] = torch.tensor(lr, device=self.d.device)
+        if self.mc.source_warp:
+            stats["warp_sharpness"] = self.model.warp_log_sharpness.detach().float().exp()
         return stats
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -465,13 +470,13 @@ class Trainer:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(json.dumps({"step": self.step, "val": val["mean"]}), flush=True)
+                extra = {"step": self.step, "elapsed": self.elapsed, "val": val["mean"]}
                 if val["mean"]["lpips_1src"] < self.best_lpips:
                     self.best_lpips = val["mean"]["lpips_1src"]
-                    save_weights(
-                        self.validated_model,
-                        self.out / "best.safetensors",
-                        extra={"step": self.step, "elapsed": self.elapsed, "val": val["mean"]},
-                    )
+                    save_weights(self.validated_model, self.out / "best.safetensors", extra=extra)
+                if tc.keep_validated:
+                    name = f"validated-{self.step}.safetensors"
+                    save_weights(self.validated_model, self.out / name, extra=extra)
                 save_samples(val["samples"], self.out / "samples.png")
                 plot_curves(self.out / "log.jsonl", self.out / "curves.png")
             if self.step % tc.ckpt_every == 0 or done:
@@ -685,11 +690,19 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         help="model config overrides, e.g. 'kp_offsets=false,attn_dim=64' (saved with the weights)",
     )
     p.add_argument("--gan-weight", type=float, default=LossWeights.gan)
+    p.add_argument("--l1-weight", type=float, default=LossWeights.l1)
+    p.add_argument(
+        "--warp-weight",
+        type=float,
+        default=LossWeights.warp,
+        help="L1 of the warped source alone against the driving frame (needs source_warp)",
+    )
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
     overrides = args.pop("model")
-    gan = args.pop("gan_weight")
-    weights = LossWeights(gan=gan)
+    weights = LossWeights(
+        gan=args.pop("gan_weight"), l1=args.pop("l1_weight"), warp=args.pop("warp_weight")
+    )
     if tiny:
         # CPU tests: the first three VGG blocks at two scales are enough to learn from.
         weights = dataclasses.replace(
@@ -700,7 +713,10 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         p.error("--init-discriminator goes with --init-from")
     if args["init_from"]:
         mc = _init_config(Path(args["init_from"]))
-    return _override(mc, overrides), TrainConfig(**args, weights=weights)
+    mc = _override(mc, overrides)
+    if weights.warp > 0 and not mc.source_warp:
+        p.error("--warp-weight scores the source warp: the model needs source_warp=true")
+    return mc, TrainConfig(**args, weights=weights)
 
 
 def _init_config(path: Path) -> ModelConfig:

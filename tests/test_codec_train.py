@@ -316,7 +316,12 @@ def test_best_weights_are_the_validated_average(trainer):
     from codec.weights import load_model
 
     tc = dataclasses.replace(
-        trainer.tc, ema_decay=0.5, max_steps=1, val_every=1, val_frames_per_clip=4
+        trainer.tc,
+        ema_decay=0.5,
+        max_steps=2,
+        val_every=1,
+        val_frames_per_clip=4,
+        keep_validated=True,
     )
     clips = load_crop_cache(tc.cache)
     t = Trainer(trainer.mc, tc, Dist(), clips, clips)
@@ -324,5 +329,49 @@ def test_best_weights_are_the_validated_average(trainer):
     best = load_model(t.out / "best.safetensors").float().state_dict()
     ema, raw = t.ema.state_dict(), t.model.state_dict()
     key = "decoder.out.weight"
-    assert torch.equal(best[key], ema[key].half().float())
     assert not torch.equal(best[key], raw[key].half().float())
+    # --keep-validated: every validation's weights are kept, the last being the current average.
+    kept = sorted(p.name for p in t.out.glob("validated-*.safetensors"))
+    assert kept == ["validated-1.safetensors", "validated-2.safetensors"]
+    last = load_model(t.out / "validated-2.safetensors").float().state_dict()
+    assert torch.equal(last[key], ema[key].half().float())
+    first = load_model(t.out / "validated-1.safetensors").float().state_dict()
+    assert any(torch.equal(best[key], w[key]) for w in (first, last))
+
+
+def test_warp_loss_scores_the_warped_source_and_trains_the_flow(trainer):
+    """--warp-weight W: W * L1(warped source, driving) joins the generator losses, and its
+    gradient reaches what makes the flow (the query U-Net and the warp pass's sharpness)."""
+    args = [
+        "--tiny",
+        "--cache",
+        trainer.tc.cache,
+        "--out",
+        trainer.tc.out,
+        "--batch-size",
+        "2",
+        "--warp-weight",
+        "5",
+        "--model",
+        "source_warp=true",
+    ]
+    mc, tc = parse_args(args)
+    assert tc.weights.warp == 5.0
+    t = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    batch = t.sample_batch(0)
+    losses, out = t.generator_losses(batch, use_gan=False)
+    warped = out["warped_source"]
+    assert warped.shape == batch.driving.shape
+    expected = 5.0 * (warped.float() - batch.driving).abs().mean()
+    assert torch.allclose(losses["warp"], expected)
+    t.model.zero_grad()
+    losses["warp"].backward()
+    assert t.model.warp_log_sharpness.grad.abs() > 0
+    grads = [p.grad for p in t.model.query_unet.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+    # Without the source warp there is nothing to score: refused at the command line.
+    with pytest.raises(SystemExit):
+        parse_args(args[:-2])
+    # Off by default: no such loss.
+    no_warp, _ = trainer.generator_losses(trainer.sample_batch(0), use_gan=False)
+    assert "warp" not in no_warp
