@@ -615,7 +615,8 @@ def plot_curves(log_path: Path, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     steps = [r["step"] for r in train]
-    for k in ("perceptual", "l1", "equivariance", "separation", "gan", "feature_matching", "disc"):
+    losses = ("perceptual", "l1", "warp", "equivariance", "separation", "gan", "feature_matching")
+    for k in (*losses, "disc"):
         ys = [r.get(k, np.nan) for r in train]
         if not all(np.isnan(ys)):
             axes[0].plot(steps, ys, label=k)
