@@ -331,6 +331,7 @@ def summary_lines(
             lines.append(
                 f"- machine: {m.get('cpu')}, {m.get('cores')} cores, device {m.get('device')}"
                 + (f" ({m['gpu']})" if m.get("gpu") else "")
+                + (f", torch threads {m['torch_threads']}" if m.get("torch_threads") else "")
                 + f"; torch {m.get('torch')}, PyAV {m.get('av')}, mediapipe {m.get('mediapipe')}"
             )
     lines.append(f"- records: {len(records)}; clips: {len(clips)}")

@@ -109,6 +109,8 @@ def test_eval_writes_results_plots_and_summary(finished: Path) -> None:
     machine = run["machines"][-1]
     assert machine["device"] == "cpu" and machine["torch"] == torch.__version__
     assert machine["cores"] >= 1 and machine["cpu"]
+    # Machines that differ only in torch threads are told apart in the report.
+    assert f"torch threads {machine['torch_threads']};" in summary
     assert run["clips"]["talk"]["frames"] == FRAMES and run["model"]["image_size"] == 64
     assert (finished / "work" / ".gitignore").read_text() == "*\n"
 
