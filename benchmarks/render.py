@@ -13,7 +13,8 @@ The parts timed are the ones the pipeline runs (docs/model.md, "what is computed
   the second attention pass and the warp of the full-resolution sources, the decoder).
   Reported per call and per frame.
 
-Each part runs as the receiver runs it (float32 weights, ``torch.inference_mode``), and
+The inputs are random images (the cost does not depend on what they show). Each part runs
+as the receiver runs it (float32 weights, ``torch.inference_mode``), and
 under bf16 autocast beside it (``--no-bf16`` skips that). Times are medians of CUDA-event
 timed calls after a warmup (CPU: wall clock). The shipped weights are used unless
 ``--weights`` names others; ``--smoke`` builds a tiny random model instead (timings then
