@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import platform
-import re
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.attention import slug
 from codec.config import tiny_config
 from codec.model import ImplicitWarpingModel
 
@@ -112,10 +112,6 @@ def environment(device: torch.device) -> dict:
     else:
         info["device"] = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
     return info
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
 def print_table(results: dict) -> None:
