@@ -188,6 +188,11 @@ class TrainConfig:
     source_counts: tuple[int, ...] = (1, 1, 2, 3)  # sampled uniformly per step
     semantic_dropout: float = 0.5  # probability that a sample drops key regions
     aug_independent_affine: float = 0.08  # per-frame random shift/scale/rotation strength
+    # identity-changing augmentation per example (codec.data.IdentityAugment; 0: off): the
+    # log width/height stretch, the hue rotation in radians, the probability of a grey example
+    aug_aspect: float = 0.0
+    aug_hue: float = 0.0
+    aug_grey: float = 0.0
     log_every: int = 50
     val_every: int = 1000
     # keep the validated weights of every validation as validated-STEP.safetensors (besides

@@ -89,6 +89,57 @@ def _compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.cat([a, pad], 1) @ torch.cat([b, pad], 1))[:, :2]
 
 
+@dataclass(frozen=True)
+class IdentityAugment:
+    """Per-example changes of who the person seems to be (all frames of an example alike).
+
+    The model overfits the 67 training people after 1-2k steps of any continuation
+    (docs/model.md, run3-run6); these make new-looking people out of them:
+
+    - ``aspect``: the log of a width/height stretch, drawn in [-aspect, aspect] (one axis
+      magnified by e^|u|): faces and heads wider or narrower than any in the set;
+    - ``hue``: a rotation of the colours about the grey axis, by an angle drawn in
+      [-hue, hue] radians (pi: any hue), so skin, hair and background take other colours;
+    - ``grey``: the probability of a grey (luma only) example.
+    """
+
+    aspect: float = 0.0
+    hue: float = 0.0
+    grey: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.aspect > 0 or self.hue > 0 or self.grey > 0
+
+    def recolour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """x (B, F, 3, S, S) in [0, 1] -> the same, hue-rotated and/or greyed per example."""
+        b, dev = x.shape[0], x.device
+        if self.hue > 0:
+            angle = (_rand(gen, b, device=dev) * 2 - 1) * self.hue  # (B,)
+            x = torch.einsum("bij,bfjhw->bfihw", hue_rotation(angle), x)
+        if self.grey > 0:
+            grey = (_rand(gen, b, device=dev) < self.grey).view(b, 1, 1, 1, 1)
+            luma = (x * _LUMA.to(dev).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
+            x = torch.where(grey, luma.expand_as(x), x)
+        return x.clamp_(0, 1)
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
+    """(B,) radians -> (B, 3, 3) rotations of RGB about the grey axis (1, 1, 1)/sqrt(3)
+    (Rodrigues' formula): greys stay grey, saturation and the channel mean are kept."""
+    n = torch.full((3,), 3**-0.5, device=angle.device)
+    cross = (
+        torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=angle.device)
+        * 3**-0.5
+    )  # [n]_x
+    outer = n[:, None] * n[None, :]
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    return cos * torch.eye(3, device=angle.device) + sin * cross + (1 - cos) * outer
+
+
 class FrameBank:
     """All crops on one device plus the sampling of training examples.
 
@@ -97,11 +148,18 @@ class FrameBank:
       * per example (same for all its frames): horizontal flip, colour jitter, a small global
         zoom/shift (other crop framings);
       * per frame: an independent small rotation/zoom/shift, so that "copy the source at the
-        same position" is never the right answer and the network must follow the keypoints.
+        same position" is never the right answer and the network must follow the keypoints;
+      * optionally, per example, changes that make one of the 67 training people look like
+        someone else (off by default, :class:`IdentityAugment`): a squeeze or stretch of the
+        whole frame (a wider or narrower face), a hue rotation, a grey frame.
     """
 
     def __init__(
-        self, clips: list[Clip], device: torch.device, independent_affine: float = 0.08
+        self,
+        clips: list[Clip],
+        device: torch.device,
+        independent_affine: float = 0.08,
+        identity: IdentityAugment | None = None,
     ) -> None:
         if not clips:
             raise InputError("empty crop cache")
@@ -123,6 +181,7 @@ class FrameBank:
         else:
             self.landmarks = None
         self.independent_affine = independent_affine
+        self.identity = identity if identity is not None and identity.active else None
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -152,6 +211,12 @@ class FrameBank:
         shift = per_example((_rand(gen, batch, 2, device=dev) - 0.5) * 0.1)
         flip = per_example(_rand(gen, batch, device=dev) < 0.5)
         g = _affine(zoom, torch.zeros_like(zoom), shift[:, 0], shift[:, 1], flip)
+        if self.identity is not None and self.identity.aspect > 0:
+            # u in [-a, a]: u < 0 samples a narrower band of x (the face drawn wider), u > 0 a
+            # narrower band of y (drawn taller); never past the frame's edges
+            u = per_example((_rand(gen, batch, device=dev) * 2 - 1) * self.identity.aspect)
+            scale = torch.stack([u.clamp(max=0).exp(), (-u).clamp(max=0).exp()], -1)  # (B*F, 2)
+            g = g * scale[:, :, None]  # scales the rows of the 2x3: input x and y
         a = self.independent_affine
         n = batch * nf
         local = _affine(
@@ -165,6 +230,8 @@ class FrameBank:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         x = self._colour_jitter(x.view(batch, nf, 3, self.size, self.size), gen)
+        if self.identity is not None:
+            x = self.identity.recolour(x, gen)
 
         landmarks = None
         if self.landmarks is not None:

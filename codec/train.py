@@ -35,7 +35,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codec.config import GROWTH_FIELDS, LossWeights, ModelConfig, TrainConfig, tiny_config
-from codec.data import Clip, FrameBank, load_crop_cache, semantic_dropout_bias
+from codec.data import (
+    Clip,
+    FrameBank,
+    IdentityAugment,
+    load_crop_cache,
+    semantic_dropout_bias,
+)
 from codec.inference import reconstruct
 from codec.losses import (
     MultiScaleDiscriminator,
@@ -119,7 +125,8 @@ class Trainer:
             )
         ).to(dev)
         self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
-        self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine)
+        identity = IdentityAugment(tc.aug_aspect, tc.aug_hue, tc.aug_grey)
+        self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine, identity)
         self.val_clips = val_clips
         # The averaged generator (main process only: it validates and saves).
         self.ema = None

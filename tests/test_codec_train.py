@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -375,3 +376,57 @@ def test_warp_loss_scores_the_warped_source_and_trains_the_flow(trainer):
     # Off by default: no such loss.
     no_warp, _ = trainer.generator_losses(trainer.sample_batch(0), use_gan=False)
     assert "warp" not in no_warp
+
+
+def test_hue_rotation_keeps_grey_and_is_a_rotation():
+    from codec.data import hue_rotation
+
+    r = hue_rotation(torch.tensor([0.0, 0.7, math.pi]))
+    assert torch.allclose(r[0], torch.eye(3), atol=1e-6)
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5)
+    grey = torch.full((3,), 0.4)
+    assert torch.allclose(r @ grey, grey.expand(3, 3), atol=1e-6)
+    red = torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(r[2] @ red, torch.tensor([-1 / 3, 2 / 3, 2 / 3]), atol=1e-5)
+
+
+def test_identity_augment_recolours_and_stretches_with_the_landmarks():
+    """One clip of one frame, so source and driving are the same picture: the colour change
+    must be alike in all frames of an example and keep greys; the stretch must move the
+    landmarks with the picture."""
+    from codec.data import Clip, FrameBank, IdentityAugment
+
+    size = 32
+    yy, xx = np.mgrid[0:size, 0:size]
+    frame = np.stack([xx * 8, yy * 8, np.full_like(xx, 60)], -1).clip(0, 255).astype(np.uint8)
+    frame[:8] = 128  # a grey band stays grey under any hue rotation
+    dot = np.array([[[0.5, 0.25]]], np.float32)  # one landmark, [-1, 1] coordinates
+    clip = Clip("one", frame[None], dot)
+    cpu = torch.device("cpu")
+    src0, _, lm0 = FrameBank([clip], cpu, 0.0).sample(8, 1, torch.Generator().manual_seed(1))
+
+    colour = IdentityAugment(hue=math.pi, grey=0.25)
+    src, drv, _ = FrameBank([clip], cpu, 0.0, colour).sample(8, 1, torch.Generator().manual_seed(1))
+    assert src.shape == src0.shape and 0 <= src.min() and src.max() <= 1
+    assert torch.allclose(src[:, 0], drv, atol=1e-6)  # the same change for every frame
+    assert (src - src0).abs().amax() > 0.2  # it does change the picture
+    band = src[:, 0, :, :3, 4:-4]  # rows inside the grey band after any zoom and shift
+    assert (band.amax(1) - band.amin(1)).amax() < 0.02  # grey stays grey
+
+    # Stretch only, on a picture of one bright blob where the landmark is: the blob's centroid
+    # in the augmented picture must be where the landmark moved to.
+    x0, y0 = ((dot[0, 0] + 1) * size - 1) / 2  # pixel coordinates of the landmark
+    blob = np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.0) * 250
+    clip = Clip("blob", np.repeat(blob[..., None], 3, -1).astype(np.uint8)[None], dot)
+    gen = torch.Generator().manual_seed(1)
+    _, _, lm0 = FrameBank([clip], cpu, 0.0).sample(8, 1, gen)
+    stretch = IdentityAugment(aspect=0.3)
+    src, _, lm = FrameBank([clip], cpu, 0.0, stretch).sample(8, 1, torch.Generator().manual_seed(1))
+    assert (lm - lm0).abs().amax() > 0.02  # the stretch moved it (zoom, shift, flip alike)
+    w = src[:, 0, 0].clamp_min(0.2) - 0.2  # (B, S, S) the blob's core
+    grid = torch.arange(size, dtype=torch.float32)
+    cx = (w.sum(1) * grid).sum(-1) / w.sum((1, 2))
+    cy = (w.sum(2) * grid).sum(-1) / w.sum((1, 2))
+    moved = ((lm[:, 0, 0] + 1) * size - 1) / 2  # (B, 2) pixels
+    assert torch.allclose(torch.stack([cx, cy], -1), moved, atol=0.3), (cx, cy, moved)
+    assert not IdentityAugment().active and stretch.active
