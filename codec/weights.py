@@ -114,3 +114,27 @@ def load_model(
     model.weights_id = weights_id(path)
     model.weights_path = path
     return model.to(device).eval()
+
+
+def average_weights(paths: list[str | Path], out: str | Path) -> bytes:
+    """Write the uniform average of several weights files of one config; returns its id.
+
+    A "model soup" (Wortsman et al., ICML 2022, "uniform soup"): fine-tuned siblings that share
+    an initialisation sit in one basin of the loss, and the mean of their parameters usually
+    scores better than any of them, at no cost at inference. Floating tensors are averaged in
+    float32 and stored in float16 like any weights file; integer buffers (batch-norm counters)
+    are taken from the first file. Raises ModelMismatchError when the files' configs differ.
+    """
+    if not paths:
+        raise ValueError("average_weights needs at least one weights file")
+    models = [load_model(paths[0])]
+    models += [load_model(p, expected_config=models[0].cfg) for p in paths[1:]]
+    states = [m.state_dict() for m in models]
+    mean = {
+        k: (sum(s[k] for s in states) / len(states) if v.is_floating_point() else v)
+        for k, v in states[0].items()
+    }
+    soup = models[0]
+    soup.load_state_dict(mean)
+    sources = [{"file": Path(p).name, "id": m.weights_id.hex()} for p, m in zip(paths, models)]
+    return save_weights(soup, out, extra={"averaged_from": sources})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from codec.config import ModelConfig, tiny_config
 from codec.keypoints import coordinate_grid, keypoint_maps
 from codec.losses import RandomWarp, equivariance_loss, keypoint_spread, separation_loss
 from codec.model import ImplicitWarpingModel, SourceFeatures, count_parameters
-from codec.weights import load_model, save_weights, weights_id
+from codec.weights import average_weights, load_model, read_metadata, save_weights, weights_id
 from iwcodec.errors import ModelMismatchError
 
 
@@ -166,6 +167,41 @@ def test_weights_refused_when_not_matching(tmp_path, tiny):
     save_file({"x": torch.zeros(2)}, str(other), metadata={"format": "something-else"})
     with pytest.raises(ModelMismatchError, match="not an iwcodec weights file"):
         load_model(other)
+
+
+def test_average_weights_is_the_mean_of_its_parts(tmp_path):
+    paths = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"w{seed}.safetensors")
+        save_weights(ImplicitWarpingModel(tiny_config()), paths[-1])
+    parts = [load_model(p).state_dict() for p in paths]
+    soup = tmp_path / "soup.safetensors"
+    wid = average_weights(paths, soup)
+    got = load_model(soup)
+    assert got.weights_id == wid
+    for k, v in got.state_dict().items():
+        mean = sum(s[k] for s in parts) / 3
+        assert torch.allclose(v, mean, rtol=1e-3, atol=1e-4), k
+        if v.is_floating_point() and not torch.equal(parts[0][k], parts[1][k]):
+            assert not torch.equal(v, parts[0][k]), k
+    extra = json.loads(read_metadata(soup)["extra"])["averaged_from"]
+    assert [e["file"] for e in extra] == [p.name for p in paths]
+    assert [e["id"] for e in extra] == [weights_id(p).hex() for p in paths]
+    # One file averaged with itself gives its own tensors back, bit for bit.
+    alone = tmp_path / "alone.safetensors"
+    average_weights([paths[0], paths[0]], alone)
+    for (k, a), (_, b) in zip(parts[0].items(), load_model(alone).state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_average_weights_refuses_other_configs(tmp_path, tiny):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_weights(tiny, a)
+    save_weights(ImplicitWarpingModel(dataclasses.replace(tiny.cfg, num_kp=12)), b)
+    with pytest.raises(ModelMismatchError, match="another model config"):
+        average_weights([a, b], tmp_path / "soup.safetensors")
+    assert not (tmp_path / "soup.safetensors").exists()
 
 
 def _grown_model_learns(**refinement) -> ImplicitWarpingModel:
