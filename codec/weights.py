@@ -120,8 +120,8 @@ def average_weights(paths: list[str | Path], out: str | Path) -> bytes:
     """Write the uniform average of several weights files of one config; returns its id.
 
     A "model soup" (Wortsman et al., ICML 2022, "uniform soup"): fine-tuned siblings that share
-    an initialisation sit in one basin of the loss, and the mean of their parameters usually
-    scores better than any of them, at no cost at inference. Floating tensors are averaged in
+    an initialisation sit in one basin of the loss, and the mean of their parameters often
+    scores better than each of them, at no cost at inference. Floating tensors are averaged in
     float32 and stored in float16 like any weights file; integer buffers (batch-norm counters)
     are taken from the first file. Raises ModelMismatchError when the files' configs differ.
     """

@@ -1,4 +1,5 @@
-"""tools/compare_weights.py: checkpoints weighed on a crop cache, with the no-motion ceiling."""
+"""tools/compare_weights.py and tools/average_weights.py: weighing checkpoints on a crop cache
+(with the no-motion ceiling), and averaging them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from _media import tiny_weights
 
 compare_weights = importlib.import_module("tools.compare_weights")
+average_weights = importlib.import_module("tools.average_weights")
 
 
 def _cache(directory, rng):
@@ -60,3 +62,13 @@ def test_pick_clips(tmp_path, capsys):
     assert str(a) in capsys.readouterr().out
     with pytest.raises(SystemExit):
         compare_weights.main([str(cache), str(a), "--clips", "nobody"])
+
+
+def test_average_weights_tool(tmp_path, capsys):
+    a, b = tiny_weights(tmp_path / "a.safetensors", 1), tiny_weights(tmp_path / "b.safetensors", 2)
+    out = tmp_path / "soup.safetensors"
+    assert average_weights.main([str(out), str(a), str(b)]) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a clear argparse error, not a traceback
+        average_weights.main([str(tmp_path / "x.safetensors"), str(a), str(tmp_path / "missing")])
+    assert "weights file not found" in capsys.readouterr().err

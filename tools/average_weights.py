@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from codec.weights import average_weights
+from iwcodec.errors import ModelMismatchError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="weights file to write")
     p.add_argument("weights", nargs="+", type=Path, help="weights files to average")
     args = p.parse_args(argv)
-    print(f"{args.out}: id {average_weights(args.weights, args.out).hex()}")
+    try:
+        wid = average_weights(args.weights, args.out)
+    except ModelMismatchError as e:
+        p.error(str(e))
+    print(f"{args.out}: id {wid.hex()}")
     return 0
 
 
