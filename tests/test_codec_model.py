@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from _media import tiny_weights
 
 from codec.config import ModelConfig, tiny_config
 from codec.keypoints import coordinate_grid, keypoint_maps
@@ -170,11 +171,7 @@ def test_weights_refused_when_not_matching(tmp_path, tiny):
 
 
 def test_average_weights_is_the_mean_of_its_parts(tmp_path):
-    paths = []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        paths.append(tmp_path / f"w{seed}.safetensors")
-        save_weights(ImplicitWarpingModel(tiny_config()), paths[-1])
+    paths = [tiny_weights(tmp_path / f"w{seed}.safetensors", seed) for seed in (1, 2, 3)]
     parts = [load_model(p).state_dict() for p in paths]
     soup = tmp_path / "soup.safetensors"
     wid = average_weights(paths, soup)
