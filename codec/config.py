@@ -74,6 +74,14 @@ class ModelConfig:
     # into the decoder's output (codec.model.ImplicitWarpingModel.warp_sources, Decoder). Zero
     # start: grows from weights without it (GROWTH_FIELDS).
     source_warp: bool = False
+    # Not in the paper: the sources also warped by the keypoints' own motion (the backward
+    # form of the motion prior, ``codec.model.ImplicitWarpingModel.prior_flow``), which is the
+    # identity when the driving keypoints are the source's, and a second mask that blends that
+    # warp in where the motion is small (``codec.model.Decoder``): the receiver holds the
+    # keyframe, so a frame that shows the face where the keyframe shows it should give the
+    # keyframe's own pixels back (docs/model.md, design item 8). Needs source_warp; zero start
+    # (GROWTH_FIELDS).
+    prior_warp: bool = False
     # 1/4 resolution everywhere the paper says so.
     feature_stride: int = 4
 
@@ -87,6 +95,8 @@ class ModelConfig:
             raise ValueError("the decoder has exactly 2 upsampling blocks (feature_stride 4)")
         if self.source_patches and self.source_warp:
             raise ValueError("source_patches and source_warp are two refinements: choose one")
+        if self.prior_warp and not self.source_warp:
+            raise ValueError("prior_warp refines source_warp's blend: it needs source_warp")
         if not 1 <= self.num_kp <= 255:
             raise ValueError("num_kp must be in 1..255")
 
@@ -157,11 +167,14 @@ class LossWeights:
     # an auxiliary loss on the implicit flow where the blend mask does not use it yet, as
     # TPSMM's warp loss (section 3.3, eq. 13) constrains its optical flow.
     warp: float = 0.0
+    # L1 of the images averaged over 8x8 blocks: colour and exposure fidelity (a global drift
+    # in brightness or contrast costs little perceptual loss and much PSNR).
+    lowpass: float = 0.0
 
 
 # Fields that add layers whose zero start leaves the model's function unchanged: weights trained
 # without them can start a run with them (codec.train.Trainer.load_weights_file).
-GROWTH_FIELDS = ("source_patches", "source_warp")
+GROWTH_FIELDS = ("source_patches", "source_warp", "prior_warp")
 
 
 @dataclass
@@ -193,6 +206,14 @@ class TrainConfig:
     aug_aspect: float = 0.0
     aug_hue: float = 0.0
     aug_grey: float = 0.0
+    # codec pairs (codec.data.CodecPairs; 0: off): the probability that the driving frame is
+    # source 0 itself, that it is up to pair_near_frames frames away under source 0's framing
+    pair_identity: float = 0.0
+    pair_near: float = 0.0
+    pair_near_frames: int = 6
+    # with a fresh discriminator (--init-from a weights file): the discriminator trains alone
+    # for this many steps before its loss reaches the generator
+    gan_warmup_steps: int = 0
     log_every: int = 50
     val_every: int = 1000
     # keep the validated weights of every validation as validated-STEP.safetensors (besides

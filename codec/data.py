@@ -127,6 +127,38 @@ class IdentityAugment:
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
+@dataclass(frozen=True)
+class CodecPairs:
+    """Examples a codec meets and an animation model never does (off by default).
+
+    The per-frame jitter of :class:`FrameBank` makes "copy the source where it is" always
+    wrong, which teaches a model to follow the keypoints; but a codec's receiver holds the
+    keyframe, and a frame where the face sits where the keyframe shows it should come out as
+    the keyframe's own pixels. So, per example:
+
+    - ``identity``: the probability that the driving frame *is* source 0 (same frame, same
+      framing): the ceiling, "give the keyframe back";
+    - ``near``: the probability that it is a frame up to ``near_frames`` steps away from
+      source 0 in the clip, under source 0's framing (the crop is held still while the head
+      only wobbles, sender/crop.py): small motions;
+    - the rest are the usual pairs (any frame of the clip, independent framing).
+    """
+
+    identity: float = 0.0
+    near: float = 0.0
+    near_frames: int = 6
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.identity and 0 <= self.near and self.identity + self.near <= 1):
+            raise ValueError("codec pair probabilities must be >= 0 and sum to at most 1")
+        if self.near_frames < 1:
+            raise ValueError("near_frames must be at least 1")
+
+    @property
+    def active(self) -> bool:
+        return self.identity > 0 or self.near > 0
+
+
 def hue_rotation(angle: torch.Tensor) -> torch.Tensor:
     """(B,) radians -> (B, 3, 3) rotations of RGB about the grey axis (1, 1, 1)/sqrt(3)
     (Rodrigues' formula): greys stay grey, saturation and the channel mean are kept."""
@@ -160,6 +192,7 @@ class FrameBank:
         device: torch.device,
         independent_affine: float = 0.08,
         identity: IdentityAugment | None = None,
+        pairs: CodecPairs | None = None,
     ) -> None:
         if not clips:
             raise InputError("empty crop cache")
@@ -182,6 +215,7 @@ class FrameBank:
             self.landmarks = None
         self.independent_affine = independent_affine
         self.identity = identity if identity is not None and identity.active else None
+        self.pairs = pairs if pairs is not None and pairs.active else None
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -200,6 +234,14 @@ class FrameBank:
             .long()
             .clamp_max(length[:, None] - 1)
         )
+        # Codec pairs (CodecPairs): the driving frame is source 0 itself, or a frame a few
+        # steps from it, under source 0's framing.
+        same, near = self._codec_pairs(batch, gen)  # (B,) bool each
+        if same is not None:
+            step = (_rand(gen, batch, device=dev) * 2 - 1) * self.pairs.near_frames
+            step = torch.where(step < 0, step.floor(), step.ceil()).long()  # +-1..near_frames
+            close = torch.minimum((idx[:, 0] + step).clamp_min(0), length - 1)
+            idx[:, -1] = torch.where(same, idx[:, 0], torch.where(near, close, idx[:, -1]))
         idx = idx + self.offsets[clip][:, None]  # (B, F) global frame indices
         x = self.frames[idx.flatten()].permute(0, 3, 1, 2).float().div_(255)  # (B*F, 3, S, S)
 
@@ -226,6 +268,11 @@ class FrameBank:
             (_rand(gen, n, device=dev) - 0.5) * 2 * a,
             torch.zeros(n, dtype=torch.bool, device=dev),
         )
+        if same is not None:  # the driving frame keeps source 0's framing
+            local = local.view(batch, nf, 2, 3)
+            shared = (same | near).view(batch, 1, 1)
+            local[:, -1] = torch.where(shared, local[:, 0], local[:, -1])
+            local = local.view(n, 2, 3)
         theta = _compose(g, local)  # (B*F, 2, 3) output -> input coordinates
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -241,6 +288,17 @@ class FrameBank:
             lm = lm @ inv[:, :, :2].transpose(1, 2) + inv[:, None, :, 2]
             landmarks = lm.view(batch, nf, -1, 2)[:, :n_src]
         return x[:, :n_src].contiguous(), x[:, n_src].contiguous(), landmarks
+
+    def _codec_pairs(
+        self, batch: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Which examples are identity pairs and which near pairs: (B,) bool each, or None."""
+        if self.pairs is None:
+            return None, None
+        u = _rand(gen, batch, device=self.device)
+        same = u < self.pairs.identity
+        near = (u >= self.pairs.identity) & (u < self.pairs.identity + self.pairs.near)
+        return same, near
 
     @staticmethod
     def _colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

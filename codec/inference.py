@@ -22,3 +22,18 @@ def reconstruct(
         preds.append(model.render(src, kp_d, s_d).float().clamp(0, 1))
         kps.append(kp_d.float())
     return torch.cat(preds), kp_s.float(), torch.cat(kps)
+
+
+@torch.inference_mode()
+def self_reconstruct(
+    model: ImplicitWarpingModel, frames: torch.Tensor, chunk: int = 16
+) -> torch.Tensor:
+    """Each of ``frames`` (T, 3, S, S) rebuilt from itself as its only source and its own
+    keypoints: the easiest case a codec meets (the frame shows the face where the keyframe
+    does), so the ceiling of everything else. -> (T, 3, S, S) in [0, 1]"""
+    preds = []
+    for part in frames.split(chunk):
+        kp, strength = model.detect(part)
+        src = model.encode_source(part, kp, strength)  # T sets of one source each
+        preds.append(model.render(src, kp, strength).float().clamp(0, 1))
+    return torch.cat(preds)

@@ -75,6 +75,14 @@ def equivariance_loss(kp_x: torch.Tensor, kp_y: torch.Tensor, warp: RandomWarp) 
     return (kp_x - warp.warp_coordinates(kp_y)).abs().mean()
 
 
+def lowpass_l1(pred: torch.Tensor, target: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """L1 of the 8x8 block means of pred and target (B, 3, H, W): colour and exposure.
+
+    A global drift in brightness, contrast or white balance costs the perceptual loss little
+    (VGG features are fairly invariant to it) and PSNR a lot; the block means see only it."""
+    return (F.avg_pool2d(pred, block) - F.avg_pool2d(target, block)).abs().mean()
+
+
 def separation_loss(kp: torch.Tensor, sigma: float) -> torch.Tensor:
     """Mean Gaussian repulsion over keypoint pairs of one image; kp (B, K, 2)."""
     k = kp.shape[1]

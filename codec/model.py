@@ -168,11 +168,26 @@ class Decoder(nn.Module):
         if cfg.source_patches or cfg.source_warp:
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        self.prior_blend = None
+        if cfg.prior_warp:  # input: features, output so far, prior-warped source (3), motion (1)
+            self.prior_blend = nn.Sequential(
+                ConvNormAct(c2 + 3 + 4, c2, kernel=3),
+                ConvNormAct(c2, c2, kernel=3),
+                nn.Conv2d(c2, 1, 3, padding=1),
+            )
+            nn.init.zeros_(self.prior_blend[-1].weight)
+            nn.init.zeros_(self.prior_blend[-1].bias)
 
-    def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        guide: torch.Tensor | None = None,
+        prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x (B, d', S, S); guide (B, 3, H, W) the averaged source patches (source_patches) or
-        (B, 4, H, W) the warped source and its mass (source_warp), in [-1, 1]
-        -> image (B, 3, H, W) in [0, 1]"""
+        (B, 4, H, W) the warped source and its mass (source_warp), in [-1, 1]; prior
+        (B, 4, H, W) the source warped by the keypoints' motion and that motion's size
+        (prior_warp, :meth:`ImplicitWarpingModel.prior_warp`) -> image (B, 3, H, W) in [0, 1]"""
         h = self.up(self.res(x))  # (B, c2, H, W)
         logits = self.out(h)
         if self.refine is not None:
@@ -182,6 +197,10 @@ class Decoder(nn.Module):
             guide = guide.to(h.dtype)
             alpha = self.blend(torch.cat([h, image * 2 - 1, guide], 1)).clamp(0, 1)  # (B, 1, H, W)
             image = image + alpha * ((guide[:, :3] + 1) / 2 - image)
+        if self.prior_blend is not None:
+            prior = prior.to(h.dtype)
+            beta = self.prior_blend(torch.cat([h, image * 2 - 1, prior], 1)).clamp(0, 1)
+            image = image + beta * ((prior[:, :3] + 1) / 2 - image)  # (B, 3, H, W)
         return image
 
 
@@ -347,8 +366,65 @@ class ImplicitWarpingModel(nn.Module):
             return self.decoder(warped, F.pixel_shuffle(patches, self.cfg.feature_stride)), None
         if self.cfg.source_warp:
             guide = self.warp_sources(src, q, keys, key_bias)  # (B, 4, H, W)
-            return self.decoder(warped, guide), guide
+            prior = self.prior_warp(src, kp, strength) if self.cfg.prior_warp else None
+            return self.decoder(warped, guide, prior), guide
         return self.decoder(warped), None
+
+    def prior_flow(
+        self, kp_s: torch.Tensor, s_s: torch.Tensor, kp_d: torch.Tensor, s_d: torch.Tensor
+    ) -> torch.Tensor:
+        """Where each driving token's content sits in each source under the keypoints' own
+        motion, as a displacement: (B, N, L, 2), source position = z + displacement.
+
+        The backward form of :meth:`source_positions` (FOMM's zeroth-order motion model,
+        section 3, with J = 1): a driving position moves back by the displacement
+        kp_d - kp_s of the driving keypoints near it (Gaussian width ``motion_sigma``, weighed
+        by both strengths), against a still background term. Exactly zero when the driving
+        keypoints are the source's. kp_s (B, N, K, 2), s_s (B, N, K), kp_d (B, K, 2), s_d (B, K)
+        """
+        kp_s, s_s, kp_d, s_d = kp_s.float(), s_s.float(), kp_d.float(), s_d.float()
+        grid = self.grid[None, :, None, :]  # (1, L, 1, 2)
+        d2 = (grid - kp_d[:, None]).pow(2).sum(-1)  # (B, L, K)
+        w = torch.exp(-d2 / (2 * self.cfg.motion_sigma**2))[:, None] * (
+            s_s[:, :, None] * s_d[:, None, None]
+        )  # (B, N, L, K)
+        shift = kp_s[:, :, None] - kp_d[:, None, None]  # (B, N, 1, K, 2): driving -> source
+        background = math.exp(-(self.cfg.motion_background**2) / 2)
+        return (w[..., None] * shift).sum(3) / (w.sum(3, keepdim=True) + background)
+
+    def prior_warp(self, src: SourceFeatures, kp: torch.Tensor, strength: torch.Tensor):
+        """The source nearest in pose warped by :meth:`prior_flow` (cfg.prior_warp).
+
+        src: N sources (batch B); kp (B, K, 2), strength (B, K) of the driving frame.
+        -> (B, 4, H, W) in [-1, 1]: the warped source (3) and tanh(10 |displacement|) (1), so
+        the mask that blends it in (``Decoder.prior_blend``) sees where the keypoints say the
+        face has not moved. Per frame the source whose keypoints are nearest to the driving
+        ones (strength-weighted mean distance) is taken, one pick for the whole frame. The
+        displacement is upsampled from S x S to H x W as in :meth:`warp_sources`, so zero
+        motion gives the source back exactly.
+        """
+        b, n = kp.shape[0], src.num_sources
+        s, f = self.cfg.feature_size, self.cfg.feature_stride
+        size = s * f
+        w = (src.strength * strength[:, None]).float()  # (B, N, K)
+        dist = ((src.kp.float() - kp[:, None].float()).norm(dim=-1) * w).sum(-1) / (
+            w.sum(-1) + 1e-6
+        )  # (B, N)
+        pick = dist.argmin(1)  # (B,)
+        rows = torch.arange(b, device=kp.device)
+        flow = self.prior_flow(
+            src.kp[rows, pick][:, None], src.strength[rows, pick][:, None], kp, strength
+        )[:, 0]  # (B, L, 2)
+        flow = flow.transpose(1, 2).reshape(b, 2, s, s)
+        flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        patches = src.pixels[..., 3:].float().reshape(b, n, s * s, -1)[rows, pick]  # (B, L, P)
+        source = F.pixel_shuffle(patches.transpose(1, 2).reshape(b, -1, s, s), f)  # (B, 3, H, W)
+        grid = coordinate_grid(size, size, device=kp.device)[None] + flow.permute(0, 2, 3, 1)
+        warped = F.grid_sample(
+            source, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )  # (B, 3, H, W) in [-1, 1]
+        motion = torch.tanh(10 * flow.norm(dim=1, keepdim=True))  # (B, 1, H, W) in [0, 1)
+        return torch.cat([warped, motion * 2 - 1], 1)
 
     def _token_tracks(self, n: int) -> torch.Tensor:
         """(N*L, 3N): source i's tokens carry (x, y, 1) in columns 3i..3i+2, zeros elsewhere;

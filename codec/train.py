@@ -37,12 +37,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from codec.config import GROWTH_FIELDS, LossWeights, ModelConfig, TrainConfig, tiny_config
 from codec.data import (
     Clip,
+    CodecPairs,
     FrameBank,
     IdentityAugment,
     load_crop_cache,
     semantic_dropout_bias,
 )
-from codec.inference import reconstruct
+from codec.inference import reconstruct, self_reconstruct
 from codec.losses import (
     MultiScaleDiscriminator,
     RandomWarp,
@@ -51,6 +52,7 @@ from codec.losses import (
     feature_matching_loss,
     generator_gan_loss,
     keypoint_spread,
+    lowpass_l1,
     separation_loss,
 )
 from codec.model import ImplicitWarpingModel, count_parameters
@@ -126,7 +128,8 @@ class Trainer:
         ).to(dev)
         self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
         identity = IdentityAugment(tc.aug_aspect, tc.aug_hue, tc.aug_grey)
-        self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine, identity)
+        pairs = CodecPairs(tc.pair_identity, tc.pair_near, tc.pair_near_frames)
+        self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine, identity, pairs)
         self.val_clips = val_clips
         # The averaged generator (main process only: it validates and saves).
         self.ema = None
@@ -314,6 +317,8 @@ class Trainer:
         if w.warp > 0:
             warped = out["warped_source"].float()  # (B, 3, H, W)
             losses["warp"] = w.warp * (warped - batch.driving).abs().mean()
+        if w.lowpass > 0:
+            losses["lowpass"] = w.lowpass * lowpass_l1(pred.float(), batch.driving)
         if use_gan:
             # Through the unwrapped discriminator with its weights frozen: the generator step
             # must neither compute nor all-reduce discriminator gradients.
@@ -344,11 +349,13 @@ class Trainer:
     def optimize(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One generator (and, once the GAN is on, discriminator) update."""
         use_gan = self.step >= self.tc.gan_start_step and self.tc.weights.gan > 0
+        # a fresh discriminator first learns alone (gan_warmup_steps from this run's start)
+        gan_to_g = use_gan and self.step - self.init_step >= self.tc.gan_warmup_steps
         lr = self.learning_rate()
         for group in (*self.g_opt.param_groups, *self.d_opt.param_groups):
             group["lr"] = lr
         with self._autocast():
-            losses, out = self.generator_losses(batch, use_gan)
+            losses, out = self.generator_losses(batch, gan_to_g)
         g_loss = sum(losses.values())
         self.g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -406,10 +413,17 @@ class Trainer:
                 if n == 1 and len(samples) < 4:
                     j = len(idx) * 2 // 3
                     samples.append((clip.name, frames[0], target[j], pred[j], kp_src[0], kp_drv[j]))
+            # the ceiling: frames rebuilt from themselves (driving = source)
+            own = target[:: max(1, len(target) // 8)]
+            with self._autocast():
+                pred = self_reconstruct(model, own)
+            res["self_psnr"] = _psnr(pred, own)
+            res["self_lpips"] = self.lpips(pred, own).mean().item()
             per_clip[clip.name] = res
         self.model.train()
         keys = next(iter(per_clip.values()))
         mean = {k: float(np.mean([r[k] for r in per_clip.values()])) for k in keys}
+        mean["self_psnr_min"] = float(min(r["self_psnr"] for r in per_clip.values()))
         return {"mean": mean, "clips": per_clip, "samples": samples}
 
     # main loop --------------------------------------------------------------------------------
@@ -705,11 +719,20 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         default=LossWeights.warp,
         help="L1 of the warped source alone against the driving frame (needs source_warp)",
     )
+    p.add_argument(
+        "--lowpass-weight",
+        type=float,
+        default=LossWeights.lowpass,
+        help="L1 of 8x8 block means (colour and exposure fidelity)",
+    )
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
     overrides = args.pop("model")
     weights = LossWeights(
-        gan=args.pop("gan_weight"), l1=args.pop("l1_weight"), warp=args.pop("warp_weight")
+        gan=args.pop("gan_weight"),
+        l1=args.pop("l1_weight"),
+        warp=args.pop("warp_weight"),
+        lowpass=args.pop("lowpass_weight"),
     )
     if tiny:
         # CPU tests: the first three VGG blocks at two scales are enough to learn from.

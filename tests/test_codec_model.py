@@ -270,3 +270,40 @@ def test_source_warp_blends_in_the_source_sampled_at_the_attention_flow(monkeypa
         kp, st = model.detect(image)
         src = model.encode_source(image, kp, st)
         torch.testing.assert_close(model.render(src, kp, st), image)
+
+
+def test_prior_warp_gives_the_keyframe_back_when_nothing_moved():
+    """cfg.prior_warp: the source nearest in pose, warped by the keypoints' own motion. With
+    the driving keypoints equal to a source's, that motion is exactly zero and the warp is the
+    source itself, pixel for pixel; with the prior mask forced to 1 the output is the keyframe.
+    The mask starts at 0 (renders as without it) and gets a gradient; with motion, the
+    gradient reaches the driving keypoints through the warp."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_config(), source_warp=True, prior_warp=True)
+    model = ImplicitWarpingModel(cfg).eval()
+    s = cfg.image_size
+    a, b = torch.rand(1, 3, s, s), torch.rand(1, 3, s, s)
+    with torch.no_grad():
+        kp, st = model.detect(torch.cat([a, b]))
+        two = model.encode_source(torch.cat([a, b]), kp, st).regroup(1)  # one set: a, b
+        for i, image in enumerate((a, b)):
+            prior = model.prior_warp(two, kp[i : i + 1], st[i : i + 1])
+            torch.testing.assert_close(prior[:, :3], image * 2 - 1)  # the nearest: itself
+            assert (prior[:, 3] == -1).all()  # no motion anywhere
+        flow = model.prior_flow(two.kp, two.strength, kp[:1] + 0.1, st[:1])
+        assert flow.shape == (1, 2, cfg.feature_size**2, 2) and flow.abs().amax() > 0.01
+        without = model.render(two, kp[:1], st[:1])
+        model.decoder.prior_blend[-1].bias.fill_(1.0)
+        torch.testing.assert_close(model.render(two, kp[:1], st[:1]), a)
+        model.decoder.prior_blend[-1].bias.zero_()
+        torch.testing.assert_close(model.render(two, kp[:1], st[:1]), without)
+
+    model.train()
+    with torch.no_grad():
+        model.decoder.prior_blend[-1].bias.fill_(1.0)
+    kp_d = (kp[:1] + 0.05 * torch.randn_like(kp[:1])).requires_grad_(True)
+    model.render(two, kp_d, st[:1].clone()).mean().backward()
+    assert kp_d.grad.abs().sum() > 0
+    assert model.decoder.prior_blend[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs source_warp"):
+        dataclasses.replace(tiny_config(), prior_warp=True)

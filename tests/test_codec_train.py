@@ -195,12 +195,15 @@ def test_start_with_a_given_discriminator(trainer, tmp_path):
 
 @pytest.mark.parametrize("field", GROWTH_FIELDS)
 def test_grow_from_weights_without(trainer, tmp_path, field):
-    """--init-from FILE --model source_patches=true (or source_warp=true): the file's tensors,
+    """--init-from FILE --model source_patches=true (or source_warp, prior_warp): the file's tensors,
     the new layers at their start, so the grown model renders exactly as the file's; the
     reverse is refused."""
     from codec.inference import reconstruct
     from codec.weights import load_model, save_weights
 
+    if field == "prior_warp":  # grows on top of source_warp
+        mc0 = dataclasses.replace(trainer.mc, source_warp=True)
+        trainer = Trainer(mc0, trainer.tc, Dist(), load_crop_cache(trainer.tc.cache), None)
     trainer.optimize(trainer.sample_batch(0))
     path = tmp_path / "w.safetensors"
     save_weights(trainer.model, path, extra={"step": 3})
@@ -430,3 +433,88 @@ def test_identity_augment_recolours_and_stretches_with_the_landmarks():
     moved = ((lm[:, 0, 0] + 1) * size - 1) / 2  # (B, 2) pixels
     assert torch.allclose(torch.stack([cx, cy], -1), moved, atol=0.3), (cx, cy, moved)
     assert not IdentityAugment().active and stretch.active
+
+
+def test_codec_pairs_give_the_source_itself_and_near_frames_under_its_framing():
+    """CodecPairs: identity pairs drive with source 0 itself (same frame, same framing, same
+    colours); near pairs with a frame at most near_frames away under source 0's framing; the
+    rest as before. The clip's frames are numbered in their pixels to see which one came."""
+    from codec.data import Clip, CodecPairs, FrameBank
+
+    size, t = 16, 40
+    frames = np.zeros((t, size, size, 3), np.uint8)
+    frames[:] = (np.arange(t) * 6)[:, None, None, None]  # frame i is flat grey 6 * i
+    frames[:, :, : size // 2, 1] = 255  # and half green: the framing shows
+    clip = Clip("numbered", frames, None)
+    cpu = torch.device("cpu")
+
+    def which(x):  # (..., 3, S, S) -> frame number read off the red channel's mean
+        return x[..., 0, 4:-4, 4:-4].mean((-1, -2))
+
+    same = FrameBank([clip], cpu, 0.08, pairs=CodecPairs(identity=1.0))
+    src, drv, _ = same.sample(32, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drv, src[:, 0])
+    assert (src[:, 0] - src[:, 1]).abs().amax() > 0.01  # the other source is another frame
+
+    near = FrameBank([clip], cpu, 0.08, pairs=CodecPairs(near=1.0, near_frames=3))
+    src, drv, _ = near.sample(64, 1, torch.Generator().manual_seed(0))
+    gap = ((which(drv) - which(src[:, 0])) * 255 / 6).abs()  # colour jitter scales both alike
+    # 1..3 frames away (0 where the clip's end clamps it; the colour jitter blurs the count)
+    assert (gap < 3.5 * 1.2).all() and (gap > 0.5).float().mean() > 0.8, gap
+    green = drv[:, 1] - src[:, 0, 1]  # same framing: the green half did not move
+    assert green.abs().mean() < (src[:, 0, 1] - FrameBank([clip], cpu, 0.08).sample(
+        64, 1, torch.Generator().manual_seed(0))[1][:, 1]).abs().mean()
+
+    plain = FrameBank([clip], cpu, 0.08, pairs=CodecPairs())
+    assert plain.pairs is None
+    with pytest.raises(ValueError):
+        CodecPairs(identity=0.7, near=0.5)
+
+
+def test_lowpass_loss_and_discriminator_warmup(trainer):
+    """--lowpass-weight W adds W * L1 of 8x8 block means; --gan-warmup-steps N trains a fresh
+    discriminator alone for the run's first N steps, then its loss reaches the generator."""
+    from codec.losses import lowpass_l1
+
+    x = torch.rand(2, 3, 16, 16)
+    assert lowpass_l1(x, x) == 0
+    assert torch.isclose(lowpass_l1(x + 0.1, x), torch.tensor(0.1))
+    noise = torch.randn(2, 3, 16, 16) * 0.1  # zero-mean detail: barely seen
+    assert lowpass_l1(x + noise, x) < 0.3 * noise.abs().mean()
+
+    mc, tc = parse_args(
+        ["--tiny", "--cache", trainer.tc.cache, "--out", trainer.tc.out, "--batch-size", "2",
+         "--lowpass-weight", "7", "--gan-start-step", "0", "--gan-warmup-steps", "2"]
+    )
+    t = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    stats = [t.train_step() for _ in range(3)]
+    assert all("lowpass" in s and "disc" in s for s in stats)
+    assert ["gan" in s for s in stats] == [False, False, True]
+
+
+def test_validation_reports_the_self_reconstruction_ceiling(trainer, tmp_path):
+    """Validation scores frames rebuilt from themselves (the codec's ceiling) per clip, and
+    the lowest clip; with the prior warp's mask open they come back exactly."""
+    from codec.inference import self_reconstruct
+
+    trainer.val_clips = load_crop_cache(trainer.tc.cache)
+    trainer.lpips = _TinyLpips()
+    val = trainer.validate()
+    assert {"self_psnr", "self_lpips"} <= set(val["clips"]["clip0"])
+    assert val["mean"]["self_psnr_min"] <= val["mean"]["self_psnr"]
+
+    mc = dataclasses.replace(trainer.mc, source_warp=True, prior_warp=True)
+    from codec.model import ImplicitWarpingModel
+
+    model = ImplicitWarpingModel(mc).eval()
+    with torch.no_grad():
+        model.decoder.prior_blend[-1].bias.fill_(1.0)
+    frames = torch.rand(3, 3, mc.image_size, mc.image_size)
+    torch.testing.assert_close(self_reconstruct(model, frames), frames)
+
+
+class _TinyLpips(torch.nn.Module):
+    """A stand-in distance for validation plumbing tests (the real LPIPS is tested elsewhere)."""
+
+    def forward(self, a, b):
+        return (a - b).abs().mean((1, 2, 3))
