@@ -45,6 +45,7 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "vgg": ("vgg16_part0.safetensors", "vgg16_part1.safetensors"),
 }
 WEIGHT_DIGESTS: dict[str, str] = {
+    "dists_alpha_beta.safetensors": "a5f2db8e6a05d4b3ed94a800cca1f94a0ba50cf9f191aeb901d5795f53b9f54a",
     "lpips_alex.safetensors": "1b6dcd3924b94ecf0c11baa4f4b49fc00bd19df00844c22d31a43edfc04b2947",
     "vgg16_part0.safetensors": "2238f68ceb42958942a800da3fdb79f9e848cbd2db8d6bb6e739221aef749262",
     "vgg16_part1.safetensors": "9dc0de2948bb3fa967b29aa9031e05190fa189c67cf320454ef0d938e340e2c6",
@@ -103,11 +104,14 @@ class VGG16Features(nn.Module):
     channels = (64, 128, 256, 512, 512)
     min_size = 16
 
-    def __init__(self, n_taps: int = 5) -> None:
+    def __init__(self, n_taps: int = 5, pool: Literal["max", "l2"] = "max") -> None:
         super().__init__()
         if not 1 <= n_taps <= 5:
             raise ValueError(f"n_taps must be in 1..5, got {n_taps}")
+        if pool not in ("max", "l2"):
+            raise ValueError(f"pool must be 'max' or 'l2', got {pool!r}")
         self.n_taps = n_taps
+        self.pool = pool
         in_ch = 3
         for block, out_ch, n_convs in _VGG16_BLOCKS[:n_taps]:
             for i in range(1, n_convs + 1):
@@ -118,11 +122,21 @@ class VGG16Features(nn.Module):
         taps = []
         for block, _, n_convs in _VGG16_BLOCKS[: self.n_taps]:
             if block > 1:
-                x = F.max_pool2d(x, 2, 2)
+                x = F.max_pool2d(x, 2, 2) if self.pool == "max" else l2_pool(x)
             for i in range(1, n_convs + 1):
                 x = F.relu(getattr(self, f"conv{block}_{i}")(x))
             taps.append(x)
         return taps
+
+
+def l2_pool(x: torch.Tensor) -> torch.Tensor:
+    """DISTS's L2 pooling (Ding et al., TPAMI 2020, eq. 1): sqrt of a 3x3 Hann-weighted
+    average of x^2, stride 2, padding 1; an anti-aliased replacement for max pooling.
+    (B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))"""
+    a = torch.hann_window(5, periodic=False, dtype=x.dtype, device=x.device)[1:-1]  # 0.5, 1, 0.5
+    g = a[:, None] * a[None, :]
+    g = (g / g.sum()).expand(x.shape[1], 1, 3, 3)
+    return (F.conv2d(x * x, g, stride=2, padding=1, groups=x.shape[1]) + 1e-12).sqrt()
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -290,6 +304,73 @@ class LPIPS(nn.Module):
             d = (f[:b] - f[b:]) ** 2  # (B, C, h, w)
             total = total + lin(d).mean(dim=(1, 2, 3))  # (B,)
         return total
+
+
+class DISTS(nn.Module):
+    """DISTS (Ding, Ma, Wang, Simoncelli, TPAMI 2020): deep image structure and texture
+    similarity, one of the JVET test-condition metrics for generative face video coding.
+
+    The VGG16 trunk of LPIPS(vgg) with L2 pooling instead of max pooling (:func:`l2_pool`);
+    at the input and the five taps (3, 64, 128, 256, 512, 512 channels) per channel a
+    texture term from the spatial means and a structure term from the (co)variances,
+    weighted by the learned alpha, beta of DISTS_pytorch 0.1 (``dists_alpha_beta.safetensors``):
+
+        D(x, y) = 1 - sum_k sum_c [a_kc (2 mx my + c1) / (mx^2 + my^2 + c1)
+                                 + b_kc (2 sxy + c2) / (sx^2 + sy^2 + c2)] / (sum a + sum b)
+
+    with c1 = c2 = 1e-6; the raw image (in [0, 1]) is tap 0. Inputs in [0, 1].
+    forward(x, y): (B, 3, H, W) each -> (B,) distances, 0 for identical images.
+    """
+
+    channels = (3, 64, 128, 256, 512, 512)
+
+    def __init__(self, weights_dir: Path | None = None) -> None:
+        super().__init__()
+        weights_dir = WEIGHTS_DIR if weights_dir is None else Path(weights_dir)
+        self.scaling = _ScalingLayer("[0,1]")  # = ImageNet mean / std normalisation
+        with torch.device("meta"):
+            self.features = VGG16Features(5, pool="l2")
+        state = load_net_state("vgg", lpips_state_shapes("vgg"), weights_dir)
+        own = self.features.state_dict()
+        self.features.load_state_dict({k: state["features." + k] for k in own}, assign=True)
+        f = _read_weight_file(weights_dir / "dists_alpha_beta.safetensors")
+        n = sum(self.channels)
+        if {k: tuple(v.shape) for k, v in f.tensors.items()} != {
+            "alpha": (1, n, 1, 1),
+            "beta": (1, n, 1, 1),
+        } or f.digest != WEIGHT_DIGESTS[f.path.name]:
+            raise ModelMismatchError(
+                f"{f.path} is not DISTS_pytorch 0.1's alpha/beta (digest {f.digest}); restore it "
+                "from the repository"
+            )
+        total = f.tensors["alpha"].sum() + f.tensors["beta"].sum()
+        self.register_buffer("alpha", (f.tensors["alpha"] / total).float().view(-1))
+        self.register_buffer("beta", (f.tensors["beta"] / total).float().view(-1))
+        _freeze(self)
+
+    def train(self, mode: bool = True) -> DISTS:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_images(x, y, self.features.min_size)
+        b = x.shape[0]
+        both = torch.cat([x, y], 0)  # one trunk pass: (2B, 3, H, W)
+        taps = [both, *self.features(self.scaling(both))]
+        c1 = c2 = 1e-6
+        alphas = self.alpha.split(self.channels)
+        betas = self.beta.split(self.channels)
+        score = x.new_zeros(b, dtype=torch.float32)
+        for f, a, bt in zip(taps, alphas, betas, strict=True):
+            f = f.float()
+            fx, fy = f[:b], f[b:]  # (B, C, h, w)
+            mx, my = fx.mean((2, 3)), fy.mean((2, 3))  # (B, C)
+            vx = (fx - mx[..., None, None]).pow(2).mean((2, 3))
+            vy = (fy - my[..., None, None]).pow(2).mean((2, 3))
+            cov = (fx * fy).mean((2, 3)) - mx * my
+            texture = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+            structure = (2 * cov + c2) / (vx + vy + c2)
+            score = score + texture @ a + structure @ bt
+        return 1 - score
 
 
 @dataclass(frozen=True)

@@ -385,46 +385,16 @@ class Trainer:
         return stats
 
     # validation -------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict:
-        """Rebuild evenly spaced frames of each val clip from 1 and 2 sources (the first frame;
-        first + middle) and compare with the frozen baseline (the nearest source shown for
-        every frame): PSNR and LPIPS(alex), means over clips, of ``validated_model``."""
+        """:func:`validate` of ``validated_model`` on the val clips."""
         model = self.validated_model
         model.eval()
-        per_clip, samples = {}, []
-        for clip in self.val_clips:
-            frames = torch.from_numpy(np.array(clip.frames)).to(self.d.device)
-            frames = frames.permute(0, 3, 1, 2).float() / 255  # (T, 3, S, S)
-            t = frames.shape[0]
-            idx = torch.linspace(0, t - 1, min(self.tc.val_frames_per_clip, t)).round().long()
-            target = frames[idx]
-            res = {}
-            for n in (1, 2):
-                src_idx = [i * t // n for i in range(n)]
-                with self._autocast():
-                    pred, kp_src, kp_drv = reconstruct(model, frames[src_idx], target)
-                nearest = [min(src_idx, key=lambda s, i=int(i): abs(s - i)) for i in idx]
-                frozen = frames[nearest]
-                res[f"psnr_{n}src"] = _psnr(pred, target)
-                res[f"lpips_{n}src"] = self.lpips(pred, target).mean().item()
-                res[f"frozen_psnr_{n}src"] = _psnr(frozen, target)
-                res[f"frozen_lpips_{n}src"] = self.lpips(frozen, target).mean().item()
-                if n == 1 and len(samples) < 4:
-                    j = len(idx) * 2 // 3
-                    samples.append((clip.name, frames[0], target[j], pred[j], kp_src[0], kp_drv[j]))
-            # the ceiling: frames rebuilt from themselves (driving = source)
-            own = target[:: max(1, len(target) // 8)]
-            with self._autocast():
-                pred = self_reconstruct(model, own)
-            res["self_psnr"] = _psnr(pred, own)
-            res["self_lpips"] = self.lpips(pred, own).mean().item()
-            per_clip[clip.name] = res
-        self.model.train()
-        keys = next(iter(per_clip.values()))
-        mean = {k: float(np.mean([r[k] for r in per_clip.values()])) for k in keys}
-        mean["self_psnr_min"] = float(min(r["self_psnr"] for r in per_clip.values()))
-        return {"mean": mean, "clips": per_clip, "samples": samples}
+        try:
+            return validate(
+                model, self.val_clips, self.lpips, self.tc.val_frames_per_clip, self._autocast
+            )
+        finally:
+            self.model.train()
 
     # main loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -506,6 +476,48 @@ class Trainer:
                 break
         if log:
             log.close()
+
+
+@torch.no_grad()
+def validate(model, clips: list[Clip], lpips, frames_per_clip: int, autocast) -> dict:
+    """Rebuild evenly spaced frames of each val clip from 1 and 2 sources (the first frame;
+    first + middle) and compare with the frozen baseline (the nearest source shown for every
+    frame), and rebuild some of them from themselves (the ceiling): PSNR and LPIPS(alex) per
+    clip and means over clips. ``autocast``: a callable giving the context to render in.
+    -> {"mean": {...}, "clips": {name: {...}}, "samples": [...]}"""
+    device = next(model.parameters()).device
+    per_clip, samples = {}, []
+    for clip in clips:
+        frames = torch.from_numpy(np.array(clip.frames)).to(device)
+        frames = frames.permute(0, 3, 1, 2).float() / 255  # (T, 3, S, S)
+        t = frames.shape[0]
+        idx = torch.linspace(0, t - 1, min(frames_per_clip, t)).round().long()
+        target = frames[idx]
+        res = {}
+        for n in (1, 2):
+            src_idx = [i * t // n for i in range(n)]
+            with autocast():
+                pred, kp_src, kp_drv = reconstruct(model, frames[src_idx], target)
+            nearest = [min(src_idx, key=lambda s, i=int(i): abs(s - i)) for i in idx]
+            frozen = frames[nearest]
+            res[f"psnr_{n}src"] = _psnr(pred, target)
+            res[f"lpips_{n}src"] = lpips(pred, target).mean().item()
+            res[f"frozen_psnr_{n}src"] = _psnr(frozen, target)
+            res[f"frozen_lpips_{n}src"] = lpips(frozen, target).mean().item()
+            if n == 1 and len(samples) < 4:
+                j = len(idx) * 2 // 3
+                samples.append((clip.name, frames[0], target[j], pred[j], kp_src[0], kp_drv[j]))
+        # the ceiling: frames rebuilt from themselves (driving = source)
+        own = target[:: max(1, len(target) // 8)]
+        with autocast():
+            pred = self_reconstruct(model, own)
+        res["self_psnr"] = _psnr(pred, own)
+        res["self_lpips"] = lpips(pred, own).mean().item()
+        per_clip[clip.name] = res
+    keys = next(iter(per_clip.values()))
+    mean = {k: float(np.mean([r[k] for r in per_clip.values()])) for k in keys}
+    mean["self_psnr_min"] = float(min(r["self_psnr"] for r in per_clip.values()))
+    return {"mean": mean, "clips": per_clip, "samples": samples}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

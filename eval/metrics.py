@@ -13,25 +13,29 @@ rounded to uint8 first, so every codec is scored on equal terms. Definitions (do
   be larger than the window, i.e. min(H, W) > 16 (win - 1); the window is the largest odd
   size <= 11 that fits (11 for >= 161 px, 7 for 128 px) and is reported as ``ms_ssim_win``.
 - LPIPS: LPIPS v0.1 with AlexNet (Zhang et al. 2018), offline weights (codec/perceptual.py).
+- LPIPS(vgg) and DISTS (Ding et al. 2020): the perceptual metrics of the JVET test conditions
+  for generative face video coding (``lpips_vgg``, ``dists``), same offline weights.
 - AKD: face-mesh landmark distance in pixels at 256x256 (eval/akd.py); frames without a face
   on either side are counted, not averaged.
 
-Clip values of SSIM, MS-SSIM and LPIPS are plain means over frames.
+Clip values of SSIM, MS-SSIM, LPIPS, LPIPS(vgg) and DISTS are plain means over frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
-from codec.perceptual import LPIPS
+from codec.perceptual import DISTS, LPIPS
 from eval.akd import akd
 from iwcodec.errors import InputError
 
 MAX_MS_SSIM_WIN = 11
+PER_FRAME_METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "dists")
 
 
 def as_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -79,6 +83,31 @@ def ms_ssim_window(height: int, width: int) -> int:
     raise InputError(f"frames of {height}x{width} px are too small for MS-SSIM (need > 32 px)")
 
 
+@dataclass(frozen=True)
+class Scorers:
+    """The frozen perceptual networks a scoring run loads once: LPIPS(alex), LPIPS(vgg), DISTS."""
+
+    lpips_alex: LPIPS
+    lpips_vgg: LPIPS
+    dists: DISTS
+
+    @classmethod
+    def load(cls, device: str | torch.device = "cpu") -> Scorers:
+        return cls(
+            LPIPS("alex", inputs="[0,1]").to(device),
+            LPIPS("vgg", inputs="[0,1]").to(device),
+            DISTS().to(device),
+        )
+
+    def __call__(self, ref: torch.Tensor, test: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ref, test (B, 3, H, W) in [0, 1] -> {"lpips", "lpips_vgg", "dists"}: (B,) each."""
+        return {
+            "lpips": self.lpips_alex(ref, test),
+            "lpips_vgg": self.lpips_vgg(ref, test),
+            "dists": self.dists(ref, test),
+        }
+
+
 def _to_float(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     # (T, H, W, 3) uint8 -> (T, 3, H, W) float32 in [0, 255]
     return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()
@@ -90,17 +119,17 @@ def image_metrics_per_frame(
     test: np.ndarray,
     device: str | torch.device = "cpu",
     batch_size: int = 16,
-    lpips_model: LPIPS | None = None,
+    scorers: Scorers | None = None,
 ) -> dict[str, np.ndarray]:
-    """PSNR, SSIM, MS-SSIM, LPIPS(alex) per frame of two (T, H, W, 3) uint8 clips.
+    """PSNR, SSIM, MS-SSIM, LPIPS(alex), LPIPS(vgg), DISTS per frame of two (T, H, W, 3)
+    uint8 clips.
 
-    Returns {"psnr", "ssim", "ms_ssim", "lpips"}: (T,) float64 each.
+    Returns {"psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "dists"}: (T,) float64 each.
     """
     device = torch.device(device)
-    model = lpips_model if lpips_model is not None else LPIPS("alex", inputs="[-1,1]")
-    model = model.to(device)
+    scorers = scorers if scorers is not None else Scorers.load(device)
     win = ms_ssim_window(*ref.shape[1:3])
-    out: dict[str, list[np.ndarray]] = {"ssim": [], "ms_ssim": [], "lpips": []}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in PER_FRAME_METRICS if k != "psnr"}
     for start in range(0, len(ref), batch_size):
         r = _to_float(ref[start : start + batch_size], device)  # (b, 3, H, W)
         t = _to_float(test[start : start + batch_size], device)
@@ -108,7 +137,8 @@ def image_metrics_per_frame(
         out["ms_ssim"].append(
             ms_ssim(r, t, data_range=255, size_average=False, win_size=win).cpu().numpy()
         )
-        out["lpips"].append(model(r / 127.5 - 1, t / 127.5 - 1).cpu().numpy())
+        for name, value in scorers(r / 255, t / 255).items():
+            out[name].append(value.cpu().numpy())
     metrics = {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
     metrics["psnr"] = psnr_per_frame(ref, test)
     return metrics
@@ -128,17 +158,17 @@ def compute_metrics(
     batch_size: int = 16,
     with_akd: bool = True,
     ref_landmarks: np.ndarray | None = None,
-    lpips_model: LPIPS | None = None,
+    scorers: Scorers | None = None,
 ) -> dict[str, Any]:
     """All metrics of a decoded clip against its original.
 
     ref_frames, test_frames: (T, H, W, 3) uint8 RGB (numpy or torch) or float (T, 3, H, W) in
         [0, 1]; both the same shape.
     ref_landmarks: optional (T, 478, 2) from eval.akd.face_landmarks(ref), reused across codecs.
-    lpips_model: optional LPIPS("alex") to reuse across calls.
+    scorers: optional perceptual networks (:class:`Scorers`) to reuse across calls.
 
     Returns a dict with the clip values ``frames, psnr, psnr_inf_frames, ssim, ms_ssim,
-    ms_ssim_win, lpips`` and, with AKD, ``akd, akd_frames, akd_no_face_ref, akd_no_face_test``
+    ms_ssim_win, lpips, lpips_vgg, dists`` and, with AKD, ``akd, akd_frames, akd_no_face_ref, akd_no_face_test``
     (plain Python numbers, JSON-ready), plus ``per_frame``: a dict of (T,) float64 numpy arrays
     with the same metric names (``akd`` NaN where a side has no face).
     """
@@ -146,7 +176,7 @@ def compute_metrics(
     test = as_uint8_frames(test_frames)
     if ref.shape != test.shape:
         raise InputError(f"original and decoded clips differ in shape: {ref.shape} vs {test.shape}")
-    per_frame = image_metrics_per_frame(ref, test, device, batch_size, lpips_model)
+    per_frame = image_metrics_per_frame(ref, test, device, batch_size, scorers)
     result: dict[str, Any] = {
         "frames": len(ref),
         "psnr": mean_finite_psnr(per_frame["psnr"]),
@@ -155,6 +185,8 @@ def compute_metrics(
         "ms_ssim": float(per_frame["ms_ssim"].mean()),
         "ms_ssim_win": ms_ssim_window(*ref.shape[1:3]),
         "lpips": float(per_frame["lpips"].mean()),
+        "lpips_vgg": float(per_frame["lpips_vgg"].mean()),
+        "dists": float(per_frame["dists"].mean()),
     }
     if with_akd:
         a = akd(ref, test, ref_landmarks)

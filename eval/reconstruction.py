@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from codec.inference import reconstruct
-from codec.perceptual import LPIPS
 from codec.weights import load_model
 from eval.akd import face_landmarks
-from eval.metrics import compute_metrics
+from eval.metrics import Scorers, compute_metrics
 from sender.encoder import crop_input, to_tensor
 
 METRICS = ("psnr", "ssim", "lpips", "akd")
@@ -74,7 +73,7 @@ def _summary(metrics: dict) -> dict:
 
 
 def evaluate_clip(
-    model, path: Path, device: torch.device, lpips: LPIPS, max_frames=None, every: int = 1
+    model, path: Path, device: torch.device, scorers: Scorers, max_frames=None, every: int = 1
 ) -> dict:
     """Every run scored on the same frames: all of them, or every ``every``-th (frame 0, N,
     2N, ...; the sources are still placed on the whole clip)."""
@@ -86,7 +85,7 @@ def evaluate_clip(
     result = {"frames": len(frames), "every": every, "fps": float(clip.fps), "runs": {}}
 
     def score(name: str, test: np.ndarray) -> None:
-        m = compute_metrics(ref, test, device, ref_landmarks=ref_landmarks, lpips_model=lpips)
+        m = compute_metrics(ref, test, device, ref_landmarks=ref_landmarks, scorers=scorers)
         result["runs"][name] = _summary(m)
 
     for n in (1, 2, 3):
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--every must be at least 1")
     device = torch.device(args.device)
     model = load_model(args.weights, device=device)
-    lpips = LPIPS("alex", inputs="[0,1]").to(device)
+    scorers = Scorers.load(device)
     result = {
         "weights": str(model.weights_path),
         "weights_id": model.weights_id.hex(),
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for path in args.clips:
         result["clips"][path.stem] = evaluate_clip(
-            model, path, device, lpips, args.max_frames, args.every
+            model, path, device, scorers, args.max_frames, args.every
         )
         print(json.dumps({path.stem: result["clips"][path.stem]["runs"]}), flush=True)
     result["mean"] = mean_over_clips(result["clips"])

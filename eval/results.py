@@ -17,12 +17,14 @@ bytes               bytes really written: our ``.iwc`` file; the classic codec's
 kbps                ``bytes * 8 / (frames / fps) / 1000``
 psnr, ssim,         clip means over frames (eval/metrics.py); ``null`` where a value is not a
 ms_ssim, lpips, akd finite number (PSNR of a clip identical to its original, AKD with no face)
+lpips_vgg, dists    the same, optional (absent from records made before they were added)
 =================== ======================================================================
 
 Extra fields: ``key`` (the operating point, eval/operating_points.py), ``family`` (the plot
 curve), ``label``, ``duration_s``, ``psnr_inf_frames``, ``ms_ssim_win``, ``akd_frames``,
 ``akd_no_face_ref``, ``akd_no_face_test``, ``encode_s``, ``decode_s``, ``decode_fps``,
-``device``, ``per_frame`` (path, relative to the results folder, of an ``.npz`` with the
+``device``, ``self_psnr``, ``self_lpips``, ``keyframe_psnr``, ``keyframe_lpips`` (ours:
+eval/run.py ``keyframe_fidelity``), ``per_frame`` (path, relative to the results folder, of an ``.npz`` with the
 per-frame arrays), and codec-specific ones (``bytes_split`` for ours, ``keyframes``).
 
 The store rewrites ``results.json`` atomically after every record, so an interrupted run
@@ -46,6 +48,8 @@ from iwcodec.errors import InputError
 RESULTS_FILE = "results.json"
 PER_FRAME_DIR = "per_frame"
 METRICS: tuple[str, ...] = ("psnr", "ssim", "ms_ssim", "lpips", "akd")
+#: Metrics added later (records written before them lack them): LPIPS(vgg) and DISTS.
+OPTIONAL_METRICS: tuple[str, ...] = ("lpips_vgg", "dists")
 #: Every record has these fields, with these JSON types (``None`` allowed for metrics).
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "codec": (str,),

@@ -45,11 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bitstream import KeyframeUnit, read_units
 from codec.model import ImplicitWarpingModel
-from codec.perceptual import LPIPS
 from eval.akd import face_landmarks
 from eval.classic import encode_decode
-from eval.metrics import compute_metrics
+from eval.metrics import Scorers, compute_metrics, psnr_per_frame
 from eval.operating_points import (
     IWCODEC,
     ClassicPoint,
@@ -59,7 +59,14 @@ from eval.operating_points import (
     default_plan,
     keyframe_indices,
 )
-from eval.results import ResultStore, json_number, kbps, write_json_atomically
+from eval.results import (
+    METRICS,
+    OPTIONAL_METRICS,
+    ResultStore,
+    json_number,
+    kbps,
+    write_json_atomically,
+)
 from iwcodec.errors import InputError, IWCodecError
 from receiver.decoder import DecodeOptions, decode_frames
 from receiver.keyframe import decode_keyframe
@@ -117,6 +124,8 @@ class EvalConfig:
         replace_ours: when the folder's results were made with other weights, drop our
             codec's records and run them again (the classic and baseline records do not
             depend on the weights and are kept); otherwise such a folder is refused.
+        subsets: named groups of clip names (file stems) that the summary also averages
+            over on their own (e.g. "val-4": the clips older results used).
     """
 
     clips: tuple[Path, ...]
@@ -129,6 +138,7 @@ class EvalConfig:
     progress: bool = True
     report: bool = True
     replace_ours: bool = False
+    subsets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -225,6 +235,44 @@ def run_ours(
     )
 
 
+def keyframe_fidelity(
+    stream: Path, decoded: np.ndarray, clip: PreparedClip, scorers: Scorers
+) -> dict[str, Any]:
+    """The ceiling and the floor of a stream, from its keyframes as the receiver decodes them.
+
+    Per keyframe unit of ``stream`` at frame i: *self-reconstruction* scores the decoded frame
+    i (the keyframe rendered from its own, quantized keypoints: the easiest frame there is)
+    against the decoded keyframe picture the receiver rendered it from; *keyframe* scores that
+    picture against the original crop (what the image codec loses). Means over keyframes:
+    ``self_psnr``, ``self_lpips``, ``keyframe_psnr``, ``keyframe_lpips``.
+    decoded: (T, S, S, 3) uint8, the frames decoded from ``stream``."""
+    pictures, frames = [], []
+    for unit in read_units(stream):
+        if isinstance(unit, KeyframeUnit) and unit.frame_index < len(decoded):
+            pictures.append(decode_keyframe(unit.data, unit.codec))
+            frames.append(unit.frame_index)
+    if not pictures:
+        raise IWCodecError(f"{stream}: no keyframe to score")
+    device = scorers.lpips_alex.lins[0].weight.device
+    pics = np.stack(pictures)  # (N, S, S, 3)
+
+    def pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        ta, tb = (torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float() / 255 for x in (a, b))
+        with torch.inference_mode():
+            lp = float(scorers.lpips_alex(ta, tb).mean())
+        psnr = psnr_per_frame(a, b)
+        return float(np.mean(np.minimum(psnr, 100.0))), lp  # identical pictures count as 100 dB
+
+    self_psnr, self_lpips = pair(pics, decoded[frames])
+    key_psnr, key_lpips = pair(clip.frames[frames], pics)
+    return {
+        "self_psnr": self_psnr,
+        "self_lpips": self_lpips,
+        "keyframe_psnr": key_psnr,
+        "keyframe_lpips": key_lpips,
+    }
+
+
 def run_classic(point: ClassicPoint, clip: PreparedClip, work_dir: Path) -> JobOutput:
     """One classic encode of the crops at the point's target, decoded from its packets."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +322,7 @@ def run_keyframe_only(point: KeyframeOnlyPoint, clip: PreparedClip) -> JobOutput
 def score(
     clip: PreparedClip,
     decoded: np.ndarray,
-    lpips_model: LPIPS,
+    scorers: Scorers,
     device: torch.device,
     batch_size: int = 16,
 ) -> dict[str, Any]:
@@ -286,7 +334,7 @@ def score(
         batch_size=batch_size,
         with_akd=clip.landmarks is not None,
         ref_landmarks=clip.landmarks,
-        lpips_model=lpips_model,
+        scorers=scorers,
     )
 
 
@@ -308,7 +356,7 @@ def make_record(
         "fps": fps,
         "bytes": nbytes,
         "kbps": kbps(nbytes, len(clip.frames), fps),
-        **{m: json_number(metrics.get(m)) for m in ("psnr", "ssim", "ms_ssim", "lpips", "akd")},
+        **{m: json_number(metrics.get(m)) for m in (*METRICS, *OPTIONAL_METRICS)},
         "key": point.key,
         "family": point.family,
         "label": point.label,
@@ -426,6 +474,7 @@ def record_run(
     weights: str | Path | None,
     clips: Sequence[PreparedClip],
     device: torch.device,
+    subsets: dict[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
     """Write ``run.json`` (weights, clips, machines, code version); refuse a folder whose
     results came from other versions of the same clips (another file, length or size)."""
@@ -461,6 +510,7 @@ def record_run(
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "clips": clips_info,
         "machines": machines,
+        "subsets": {**old.get("subsets", {}), **{k: list(v) for k, v in (subsets or {}).items()}},
     }
     write_json_atomically(path, run)
     return run
@@ -475,10 +525,17 @@ def _work_gitignore(work: Path) -> None:
 
 
 def _job(
-    point: Point, clip: PreparedClip, model: ImplicitWarpingModel, out_dir: Path, work: Path
+    point: Point,
+    clip: PreparedClip,
+    model: ImplicitWarpingModel,
+    out_dir: Path,
+    work: Path,
+    scorers: Scorers,
 ) -> JobOutput:
     if isinstance(point, OurPoint):
-        return run_ours(point, clip, model, out_dir / "streams")
+        out = run_ours(point, clip, model, out_dir / "streams")
+        fields = keyframe_fidelity(out_dir / out.fields["stream"], out.decoded, clip, scorers)
+        return JobOutput(out.decoded, {**out.fields, **fields})
     if isinstance(point, ClassicPoint):
         return run_classic(point, clip, work / "tmp")
     if isinstance(point, KeyframeOnlyPoint):
@@ -544,14 +601,14 @@ def _run_locked(
             f"({time.perf_counter() - start:.1f} s to prepare)"
         )
         clips.append(clip)
-    record_run(out_dir, model, weights, clips, device)
+    record_run(out_dir, model, weights, clips, device, config.subsets)
 
     jobs = [(p, c) for p in config.plan for c in clips]
     todo = [(p, c) for p, c in jobs if not store.done(p.key, c.name)]
     skipped = len(jobs) - len(todo)
     if skipped:
         say(f"{skipped} of {len(jobs)} records already in {store.path}: skipped")
-    lpips_model = LPIPS("alex", inputs="[-1,1]").to(device)
+    scorers = Scorers.load(device)
     failures: list[dict[str, str]] = []
     bar = tqdm(
         total=len(jobs),
@@ -564,8 +621,8 @@ def _run_locked(
         for point, clip in todo:
             start = time.perf_counter()
             try:
-                out = _job(point, clip, model, out_dir, work)
-                metrics = score(clip, out.decoded, lpips_model, device, config.metrics_batch)
+                out = _job(point, clip, model, out_dir, work, scorers)
+                metrics = score(clip, out.decoded, scorers, device, config.metrics_batch)
             except IWCodecError as exc:
                 failures.append({"key": point.key, "clip": clip.name, "error": str(exc)})
                 say(f"FAILED {point.key} on {clip.name}: {exc}")

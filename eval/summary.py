@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from eval.operating_points import HEADLINE_POINT, IWCODEC, KEYFRAME_ONLY
-from eval.results import METRICS, clips_of, load_results, write_json_atomically
+from eval.results import METRICS, OPTIONAL_METRICS, clips_of, load_results, write_json_atomically
 
 SUMMARY_FILE = "summary.md"
 HEADLINE_FILE = "HEADLINE.md"
@@ -113,6 +113,12 @@ def mean_points(
         for name in ("akd_no_face_test", "psnr_inf_frames"):
             if all(name in r for r in rs):
                 extra[name] = int(sum(r[name] or 0 for r in rs))
+        for name in FIDELITY_FIELDS:  # ours: the keyframes' ceiling and floor
+            if all(r.get(name) is not None for r in rs):
+                values = [r[name] for r in rs]
+                extra[name] = float(np.mean(values))
+                extra[name + "_min"] = float(np.min(values))
+                extra[name + "_median"] = float(np.median(values))
         points.append(
             MeanPoint(
                 key=key,
@@ -122,7 +128,7 @@ def mean_points(
                 params=first["params"],
                 clips=tuple(clips),
                 kbps=float(np.mean([r["kbps"] for r in rs])),
-                metrics={m: _mean(r[m] for r in rs) for m in METRICS},
+                metrics={m: _mean(r.get(m) for r in rs) for m in (*METRICS, *OPTIONAL_METRICS)},
                 decode_fps=_mean(r.get("decode_fps") for r in rs),
                 extra=extra,
             )
@@ -224,6 +230,8 @@ def _metric_cells(p: MeanPoint) -> list[str]:
         _f(m["ssim"], 4),
         _f(m["ms_ssim"], 4),
         _f(m["lpips"], 4),
+        _f(m.get("lpips_vgg"), 4),
+        _f(m.get("dists"), 4),
         _f(m["akd"], 2) + _faceless(p),
     ]
 
@@ -234,7 +242,9 @@ def _faceless(p: MeanPoint) -> str:
     return f" ({n} faceless)" if n else ""
 
 
-METRIC_HEADER = ["PSNR dB", "SSIM", "MS-SSIM", "LPIPS", "AKD px"]
+METRIC_HEADER = ["PSNR dB", "SSIM", "MS-SSIM", "LPIPS", "LPIPS(vgg)", "DISTS", "AKD px"]
+#: Record fields of our codec about its keyframes (eval/run.py keyframe_fidelity).
+FIDELITY_FIELDS = ("self_psnr", "self_lpips", "keyframe_psnr", "keyframe_lpips")
 
 
 def headline_lines(
@@ -452,6 +462,16 @@ def summary_lines(
             verdicts,
         )
 
+    fidelity, fidelity_data = _fidelity_lines(records, clips, ours, base)
+    lines += fidelity
+    if fidelity_data:
+        data["per_clip_versus_keyframe_only"] = fidelity_data
+    subsets = run.get("subsets", {}) if run else {}
+    for name, members in subsets.items():
+        sub_lines, sub_data = _subset_lines(name, members, records)
+        lines += sub_lines
+        data.setdefault("subsets", {})[name] = sub_data
+
     if ours and classic:
         lines += [
             "",
@@ -498,6 +518,127 @@ def summary_lines(
         "`rd_<metric>_per_clip.png`.",
     ]
     return lines, data
+
+
+def _fidelity_lines(
+    records: Sequence[dict[str, Any]],
+    clips: Sequence[str],
+    ours: Sequence[MeanPoint],
+    base: Sequence[MeanPoint],
+) -> tuple[list[str], dict[str, Any]]:
+    """Per clip and for each of our points: the ceiling (self-reconstruction: each keyframe
+    rendered from its own keypoints, against the decoded keyframe; and the keyframe against
+    the original) and the floor (the keyframe-only baseline with the same keyframes): does
+    the codec beat showing its keyframe, on LPIPS and on PSNR?"""
+    lines: list[str] = []
+    data: dict[str, Any] = {}
+    by_key_clip = {(r.get("key"), r["clip"]): r for r in records}
+    for p in ours:
+        twin = _baseline_twin(p, base)
+        rows, per_clip = [], {}
+        for clip in clips:
+            mine = by_key_clip.get((p.key, clip))
+            other = by_key_clip.get((twin.key, clip)) if twin is not None else None
+            if mine is None:
+                continue
+            verdict: dict[str, Any] = {
+                k: mine.get(k) for k in ("kbps", "psnr", "lpips", *FIDELITY_FIELDS)
+            }
+            if other is not None:
+                verdict["baseline_kbps"] = other["kbps"]
+                for m in ("psnr", "lpips"):
+                    verdict[f"baseline_{m}"] = other[m]
+                verdict["better_lpips"] = _better(mine["lpips"], other["lpips"], lower=True)
+                verdict["better_psnr"] = _better(mine["psnr"], other["psnr"], lower=False)
+            per_clip[clip] = verdict
+            rows.append(
+                [
+                    clip,
+                    f"{mine['kbps']:.2f}",
+                    _f(mine["psnr"]),
+                    _f(verdict.get("baseline_psnr")),
+                    _f(mine["lpips"], 4),
+                    _f(verdict.get("baseline_lpips"), 4),
+                    _f(mine.get("self_psnr")),
+                    _f(mine.get("self_lpips"), 4),
+                    _f(mine.get("keyframe_psnr")),
+                    _yes_no(verdict.get("better_lpips")),
+                    _yes_no(verdict.get("better_psnr")),
+                ]
+            )
+        if not rows:
+            continue
+        judged = [v for v in per_clip.values() if "better_lpips" in v]
+        both = sum(1 for v in judged if v["better_lpips"] and v["better_psnr"])
+        selfs = [v["self_psnr"] for v in per_clip.values() if v.get("self_psnr") is not None]
+        data[p.key] = {
+            "clips": per_clip,
+            "baseline": twin.key if twin is not None else None,
+            "clips_judged": len(judged),
+            "better_lpips": sum(1 for v in judged if v["better_lpips"]),
+            "better_psnr": sum(1 for v in judged if v["better_psnr"]),
+            "better_both": both,
+            "self_psnr_min": float(np.min(selfs)) if selfs else None,
+            "self_psnr_median": float(np.median(selfs)) if selfs else None,
+        }
+        d = data[p.key]
+        lines += [
+            "",
+            f"## `{p.label}` per clip: ceiling and floor",
+            "",
+            "Self-reconstruction: each keyframe rendered from its own (quantized) keypoints, "
+            "scored against the decoded keyframe it was rendered from (the model's ceiling); "
+            "keyframe PSNR: the decoded keyframe against the original crop (the image codec's "
+            "loss). The floor: the keyframe-only baseline with the same keyframe(s)"
+            + (f" (`{twin.label}`)" if twin is not None else " (not in this run)")
+            + f". Beats it on LPIPS on {d['better_lpips']} of {d['clips_judged']} clips, on "
+            f"PSNR on {d['better_psnr']}, on both on {both}; self-reconstruction PSNR min "
+            f"{_f(d['self_psnr_min'])} dB, median {_f(d['self_psnr_median'])} dB.",
+            "",
+        ]
+        lines += _table(
+            [
+                "clip",
+                "kbps",
+                "PSNR",
+                "baseline PSNR",
+                "LPIPS",
+                "baseline LPIPS",
+                "self PSNR",
+                "self LPIPS",
+                "keyframe PSNR",
+                "beats baseline (LPIPS)",
+                "beats baseline (PSNR)",
+            ],
+            rows,
+        )
+    return lines, data
+
+
+def _better(ours: float | None, theirs: float | None, lower: bool) -> bool | None:
+    if ours is None or theirs is None:
+        return None
+    return ours < theirs if lower else ours > theirs
+
+
+def _yes_no(x: bool | None) -> str:
+    return "-" if x is None else ("yes" if x else "**no**")
+
+
+def _subset_lines(
+    name: str, members: Sequence[str], records: Sequence[dict[str, Any]]
+) -> tuple[list[str], dict[str, Any]]:
+    """Means over a named subset of the clips (e.g. "val-4", the clips older results used),
+    for our points and the keyframe-only baseline."""
+    present = [c for c in members if any(r["clip"] == c for r in records)]
+    points, _ = mean_points([r for r in records if r["clip"] in present], present)
+    keep = [p for p in points if p.codec in (IWCODEC, KEYFRAME_ONLY)]
+    lines = ["", f"## Subset `{name}` ({len(present)} of {len(members)} clips)", ""]
+    lines += _table(
+        ["point", "kbps", *METRIC_HEADER],
+        [[p.label, f"{p.kbps:.2f}", *_metric_cells(p)] for p in keep],
+    )
+    return lines, {"clips": present, "points": [asdict(p) for p in keep]}
 
 
 def _baseline_twin(p: MeanPoint, base: Sequence[MeanPoint]) -> MeanPoint | None:

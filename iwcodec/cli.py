@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
     p.add_argument("--no-akd", action="store_true", help="skip the landmark distance (AKD)")
     p.add_argument(
+        "--subset",
+        action="append",
+        type=_subset,
+        default=[],
+        metavar="NAME=CLIP,CLIP",
+        help="also average over these clips (file stems) on their own in the summary, e.g. "
+        "val-4=KwaiVGI__LivePortrait__d10,...; repeatable",
+    )
+    p.add_argument(
         "--replace-ours",
         action="store_true",
         help="DIR was made with other weights: drop our codec's records there and run them "
@@ -216,6 +225,15 @@ def _numbers(text: str) -> tuple[float, ...]:
         return tuple(float(n) for n in _names(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+
+
+def _subset(text: str) -> tuple[str, tuple[str, ...]]:
+    """NAME=CLIP,CLIP -> (NAME, (CLIP, CLIP))."""
+    name, sep, clips = text.partition("=")
+    members = _names(clips)
+    if not sep or not name.strip() or not members:
+        raise argparse.ArgumentTypeError(f"expected NAME=CLIP,CLIP..., got {text!r}")
+    return name.strip(), members
 
 
 def resolve_device(name: str):
@@ -337,6 +355,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with_akd=not args.no_akd,
         progress=not args.quiet,
         replace_ours=args.replace_ours,
+        subsets=dict(args.subset),
     )
     run = run_eval(config, load(args), args.weights if args.weights else DEFAULT_WEIGHTS)
     print(

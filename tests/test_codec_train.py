@@ -462,8 +462,15 @@ def test_codec_pairs_give_the_source_itself_and_near_frames_under_its_framing():
     # 1..3 frames away (0 where the clip's end clamps it; the colour jitter blurs the count)
     assert (gap < 3.5 * 1.2).all() and (gap > 0.5).float().mean() > 0.8, gap
     green = drv[:, 1] - src[:, 0, 1]  # same framing: the green half did not move
-    assert green.abs().mean() < (src[:, 0, 1] - FrameBank([clip], cpu, 0.08).sample(
-        64, 1, torch.Generator().manual_seed(0))[1][:, 1]).abs().mean()
+    assert (
+        green.abs().mean()
+        < (
+            src[:, 0, 1]
+            - FrameBank([clip], cpu, 0.08).sample(64, 1, torch.Generator().manual_seed(0))[1][:, 1]
+        )
+        .abs()
+        .mean()
+    )
 
     plain = FrameBank([clip], cpu, 0.08, pairs=CodecPairs())
     assert plain.pairs is None
@@ -483,8 +490,21 @@ def test_lowpass_loss_and_discriminator_warmup(trainer):
     assert lowpass_l1(x + noise, x) < 0.3 * noise.abs().mean()
 
     mc, tc = parse_args(
-        ["--tiny", "--cache", trainer.tc.cache, "--out", trainer.tc.out, "--batch-size", "2",
-         "--lowpass-weight", "7", "--gan-start-step", "0", "--gan-warmup-steps", "2"]
+        [
+            "--tiny",
+            "--cache",
+            trainer.tc.cache,
+            "--out",
+            trainer.tc.out,
+            "--batch-size",
+            "2",
+            "--lowpass-weight",
+            "7",
+            "--gan-start-step",
+            "0",
+            "--gan-warmup-steps",
+            "2",
+        ]
     )
     t = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
     stats = [t.train_step() for _ in range(3)]

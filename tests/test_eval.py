@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bitstream import ImageCodec
-from codec.perceptual import LPIPS
+from eval.metrics import Scorers
 from eval.operating_points import (
     DEFAULT_TARGETS_KBPS,
     HEADLINE_POINT,
@@ -182,7 +182,7 @@ def test_lossless_keyframe_of_a_still_clip_scores_perfectly() -> None:
     point = KeyframeOnlyPoint(ImageCodec.PNG, 75, 1)
     out = run_keyframe_only(point, clip)
     np.testing.assert_array_equal(out.decoded, clip.frames)
-    metrics = score(clip, out.decoded, LPIPS("alex", inputs="[-1,1]"), "cpu")
+    metrics = score(clip, out.decoded, Scorers.load(), "cpu")
     record, per_frame = make_record(point, clip, out, metrics, "cpu")
     validate_record(record)
     assert record["psnr"] is None and record["psnr_inf_frames"] == len(clip.frames)

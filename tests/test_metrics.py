@@ -38,7 +38,8 @@ def test_identical_frames() -> None:
     m = compute_metrics(ref, ref.copy(), with_akd=False)
     assert m["psnr"] == math.inf and m["psnr_inf_frames"] == 3
     assert np.all(np.isinf(m["per_frame"]["psnr"]))
-    assert m["lpips"] == 0.0
+    assert m["lpips"] == 0.0 and m["lpips_vgg"] == 0.0
+    assert abs(m["dists"]) < 1e-6
     assert m["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert m["ms_ssim"] == pytest.approx(1.0, abs=1e-6)
     assert m["frames"] == 3 and m["per_frame"]["lpips"].shape == (3,)
@@ -63,6 +64,8 @@ def test_metrics_order_with_noise() -> None:
         ("ssim", True),
         ("ms_ssim", True),
         ("lpips", False),
+        ("lpips_vgg", False),
+        ("dists", False),
     ):
         vals = [m[key] for m in ms]
         assert vals == sorted(vals, reverse=better_is_higher), (key, vals)
@@ -85,7 +88,7 @@ def test_float_tensor_input_matches_uint8() -> None:
     np.testing.assert_array_equal(as_uint8_frames(as_float), test)
     a = compute_metrics(ref, test, with_akd=False)
     b = compute_metrics(torch.from_numpy(ref), as_float, with_akd=False)
-    for key in ("psnr", "ssim", "ms_ssim", "lpips"):
+    for key in ("psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "dists"):
         assert a[key] == pytest.approx(b[key], rel=1e-6)
 
 

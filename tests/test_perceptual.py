@@ -262,3 +262,52 @@ def test_loss_inside_ddp(tmp_path: Path) -> None:
         assert not model.module.loss.training
     finally:
         dist.destroy_process_group()
+
+
+def _dists_images() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three 64x64 images in [0, 1]: a smooth pattern, it with noise, and noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    a = np.stack([xx, yy, 0.5 + 0.3 * np.sin(6 * xx)])
+    b = np.clip(a + rng.normal(0, 0.08, a.shape), 0, 1)
+    c = rng.random(a.shape)
+    return tuple(torch.from_numpy(v).float()[None] for v in (a, b, c))
+
+
+def test_dists_matches_reference_scores() -> None:
+    """Scores pinned from DISTS_pytorch 0.1 itself (its own code, its weights.pt, this
+    repository's VGG16 weights) on the same three images; ours must agree to 1e-5."""
+    from codec.perceptual import DISTS
+
+    dists = DISTS()
+    a, b, c = _dists_images()
+    got = dists(torch.cat([a, a, b]), torch.cat([b, c, c]))
+    want = torch.tensor([0.2865266799926758, 0.4888891577720642, 0.42375439405441284])
+    assert torch.allclose(got, want, atol=1e-5), got
+    assert torch.all(dists(a, a).abs() < 1e-6)
+    assert torch.allclose(dists(b, a), dists(a, b), atol=1e-6)
+
+
+def test_l2_pool_of_constant_is_constant() -> None:
+    from codec.perceptual import l2_pool
+
+    x = torch.full((1, 2, 16, 16), 0.5)
+    y = l2_pool(x)
+    assert y.shape == (1, 2, 8, 8)
+    # the Hann window sums to 1 in the interior; borders see zero padding and fall below
+    assert torch.allclose(y[..., 2:-2, 2:-2], torch.full_like(y[..., 2:-2, 2:-2], 0.5), atol=1e-5)
+
+
+def test_dists_changed_weights_refused(tmp_path: Path) -> None:
+    from codec.perceptual import DISTS
+
+    for f in WEIGHTS_DIR.glob("*.safetensors"):
+        if f.name.startswith(("vgg16", "dists")):
+            shutil.copy(f, tmp_path / f.name)
+    state = load_file(tmp_path / "dists_alpha_beta.safetensors")
+    state["alpha"] = state["alpha"] * 1.01
+    save_file(state, tmp_path / "dists_alpha_beta.safetensors")
+    with pytest.raises(ModelMismatchError, match="DISTS"):
+        DISTS(tmp_path)

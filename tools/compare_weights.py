@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from codec.data import load_crop_cache
-from codec.perceptual import LPIPS
 from codec.weights import load_model
-from eval.metrics import image_metrics_per_frame, mean_finite_psnr
+from eval.metrics import Scorers, image_metrics_per_frame, mean_finite_psnr
 from eval.reconstruction import reconstruct_clip, source_indices
 
 RUNS = ("1src", "2src", "self")
@@ -47,7 +46,7 @@ def self_reconstruction(model, frames: np.ndarray, device: torch.device) -> np.n
     )
 
 
-def score_clip(model, frames: np.ndarray, every: int, device: torch.device, lpips: LPIPS) -> dict:
+def score_clip(model, frames: np.ndarray, every: int, device: torch.device, lpips: Scorers) -> dict:
     """{run: {metric: mean over the scored frames}, "frames": n} for one clip."""
     scored = np.arange(0, len(frames), every)
     ref = frames[scored]
@@ -58,7 +57,7 @@ def score_clip(model, frames: np.ndarray, every: int, device: torch.device, lpip
         else:
             sources = source_indices(len(frames), int(run[0]))
             pred = reconstruct_clip(model, frames, sources, device, targets=scored)
-        m = image_metrics_per_frame(ref, pred, device, lpips_model=lpips)
+        m = image_metrics_per_frame(ref, pred, device, scorers=lpips)
         out[run] = {
             "psnr": mean_finite_psnr(m["psnr"]),
             "ssim": float(m["ssim"].mean()),
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"not in {args.cache}: {', '.join(missing)}")
         clips = [c for c in clips if c.name in wanted]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lpips = LPIPS("alex", inputs="[-1,1]").to(device)
+    lpips = Scorers.load(device)
     result = {"cache": str(args.cache), "every": args.every, "device": device.type, "weights": {}}
     print(f"| weights | {' | '.join(f'{r} PSNR / SSIM / LPIPS' for r in RUNS)} |")
     print("|---|" + "---|" * len(RUNS))
