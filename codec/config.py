@@ -72,16 +72,16 @@ class ModelConfig:
     # flow the full-resolution source is warped by bilinear sampling (sharp where
     # source_patches' averaged patches are blurred), and a mask stage blends the warped source
     # into the decoder's output (codec.model.ImplicitWarpingModel.warp_sources, Decoder). Zero
-    # start: grows from weights without it (GROWTH_FIELDS).
-    source_warp: bool = False
+    # start: grows from weights without it (GROWTH_FIELDS). On in the shipped weights.
+    source_warp: bool = True
     # Not in the paper: the sources also warped by the keypoints' own motion (the backward
     # form of the motion prior, ``codec.model.ImplicitWarpingModel.prior_flow``), which is the
     # identity when the driving keypoints are the source's, and a second mask that blends that
     # warp in where the motion is small (``codec.model.Decoder``): the receiver holds the
     # keyframe, so a frame that shows the face where the keyframe shows it should give the
     # keyframe's own pixels back (docs/model.md, design item 8). Needs source_warp; zero start
-    # (GROWTH_FIELDS).
-    prior_warp: bool = False
+    # (GROWTH_FIELDS). On in the shipped weights.
+    prior_warp: bool = True
     # 1/4 resolution everywhere the paper says so.
     feature_stride: int = 4
 
