@@ -34,6 +34,7 @@ from bitstream.units import (
     ParamsUnit,
     RawUnit,
     Unit,
+    UnitType,
     check_magic,
     max_body,
     split_unit,
@@ -265,12 +266,26 @@ def _scan(buf: _Buffer) -> Iterator[UnitRecord]:
         yield UnitRecord(at, raw.size, unit)
         if isinstance(unit, EndUnit):
             if buf.ensure(offset, 1):
+                _refuse_second_stream(buf, offset)
                 warnings.warn(
                     f"data after the end unit (from byte {offset}) ignored",
                     BitstreamWarning,
                     stacklevel=2,
                 )
             return
+
+
+def _refuse_second_stream(buf: _Buffer, offset: int) -> None:
+    """Bytes after an end unit that begin with a good parameter unit are a second stream (two
+    files concatenated): refused, so that a decoder neither drops it silently nor mixes the two
+    streams' keyframe ids and frame indices."""
+    attempt = _try_unit(buf, offset)
+    if attempt.raw is not None and attempt.raw.type_code == UnitType.PARAMS:
+        raise BitstreamError(
+            f"a second stream starts at byte {offset}, after the end unit of the first: a file "
+            f"holds one stream (the first {offset} bytes are one; split the file there to read "
+            "each)"
+        )
 
 
 def _resync(buf: _Buffer, offset: int, attempt: _Attempt, work: int) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from bitstream.entropy import EntropyModel, load_prior
 from bitstream.frame import KeypointFrame
 from bitstream.keypoints import KeypointEncoder, encode_track
 from bitstream.stream import StreamWriter
-from bitstream.units import ImageCodec, KeyframeUnit, ParamsUnit
+from bitstream.units import EndUnit, ImageCodec, KeyframeUnit, ParamsUnit
 
 
 def synthetic_track(rng: np.random.Generator, frames: int, k: int = 20) -> np.ndarray:
@@ -72,3 +72,47 @@ def example_stream(
         writer.write(unit)
     writer.finish()
     return out.getvalue(), kf
+
+
+def forged_gap_stream(
+    params: ParamsUnit,
+    keyframes: list[KeyframeUnit],
+    model: EntropyModel | None = None,
+    *,
+    units: int = 3,
+    spacing: int = 2000,
+    frames_per_unit: int = 1,
+    end_total: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """A hostile stream with valid CRCs everywhere (issue 17, row 4): ``params``, the
+    ``keyframes``, then ``units`` resync units of ``frames_per_unit`` frames each, one every
+    ``spacing`` frames, and an end unit that counts to the last frame (or says ``end_total``).
+
+    The file carries ``units * frames_per_unit`` frames but names about ``units * spacing``:
+    three units 2,000 frames apart are a few hundred bytes (plus the keyframe) that ask for
+    4,000 frames, a thousand of them for 2 million. Decoders must refuse what the units cannot
+    stand for (``bitstream.budget.FrameBudget``).
+    """
+    model = model or load_prior()
+    rng = rng or np.random.default_rng(0)
+    refs = (keyframes[0].keyframe_id,) if keyframes else (0,)
+    track = synthetic_track(rng, frames_per_unit, params.num_keypoints)
+    out = io.BytesIO()
+    writer = StreamWriter(out)
+    writer.write(params)
+    for unit in keyframes:
+        writer.write(unit)
+    encoder = KeypointEncoder(params, model)
+    for u in range(units):
+        first = u * spacing
+        frames = [
+            KeypointFrame(first + t, params.nominal_pts(first + t), kp, refs=refs)
+            for t, kp in enumerate(track)
+        ]
+        writer.write(encoder.encode(frames))  # an index jump: always a resync unit
+    if end_total is None:
+        writer.finish()
+    else:
+        writer.write(EndUnit(end_total, len(keyframes)))
+    return out.getvalue()

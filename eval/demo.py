@@ -20,6 +20,8 @@ import numpy as np
 
 from codec.model import ImplicitWarpingModel
 from eval.metrics import compute_metrics
+from iwcodec.errors import InputError
+from iwcodec.outputs import same_file
 from receiver.decoder import DecodedFrame, DecodeOptions, DecodeStats, decode_file
 from receiver.writer import write_video
 from sender.encoder import EncodeOptions, EncodeStats, crop_input, encode_frames, write_atomically
@@ -112,7 +114,7 @@ def run_demo(
     """
     src = Path(input_path) if input_path is not None else sample_clip()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out, src)
     start = time.perf_counter()
     clip = crop_input(src, model.cfg.image_size, max_frames)
     crop_seconds = time.perf_counter() - start
@@ -138,6 +140,27 @@ def run_demo(
     )
     report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result
+
+
+OUTPUT_NAMES = ("reconstruction.mp4", "side_by_side.mp4", "demo.json")
+
+
+def prepare_out_dir(out: Path, src: Path) -> None:
+    """Create ``out``; refuse a path that is a file, and an input that an output would replace."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out-dir {out}: is a file, not a folder: name a folder for the outputs")
+    for name in (f"{src.stem}.iwc", *OUTPUT_NAMES):
+        if same_file(out / name, src):
+            raise InputError(
+                f"{src}: the demo would write {out / name} over its own input: pick another "
+                "--out-dir"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"--out-dir {out}: cannot create the folder ({exc.strerror or exc})"
+        ) from None
 
 
 def model_device(model: ImplicitWarpingModel):

@@ -17,20 +17,63 @@ examples: docs/usage.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from iwcodec import __version__
-from iwcodec.errors import BackendUnavailableError, IWCodecError
+from iwcodec.errors import BackendUnavailableError, IWCodecError, UsageError
+from iwcodec.outputs import check_output
 
 EXIT_ERROR = 2
 
 # MediaPipe's TFLite runtime logs through glog; keep its INFO/WARNING lines off the user's screen.
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors read like every other error: one ``iwcodec: error:`` line, status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("iwcodec").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+# -- values of numeric options: each names its range in the error ---------------------------------
+def _whole(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            want = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be a whole number {want}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+_frames = _whole(1)
+_port = _whole(0, 65535)
+_quality = _whole(1, 100)
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -49,7 +92,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iwcodec",
         description="Neural talking-head video codec: one keyframe, then 20 keypoints per frame.",
     )
@@ -60,14 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="any video file FFmpeg reads, with one face")
     p.add_argument("-o", "--output", type=Path, required=True, help="stream to write (.iwc)")
     p.add_argument("--keyframe-codec", default=None, help="webp, av1, jpeg or png (default: av1)")
-    p.add_argument("--keyframe-quality", type=int, default=None, help="1 (smallest) .. 100 (best)")
+    p.add_argument(
+        "--keyframe-quality", type=_quality, default=None, help="1 (smallest) .. 100 (best)"
+    )
     p.add_argument(
         "--steps",
         choices=("coarse", "default", "fine"),
         default="default",
         help="keypoint quantization (docs/bitstream.md 8.2)",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="encode only the first N frames")
+    p.add_argument(
+        "--max-frames", type=_frames, default=None, help="encode only the first N frames"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write even where the output is the input or has another kind's extension",
+    )
     _model_options(p)
 
     p = sub.add_parser("decode", help="decode an iwcodec stream to a video file")
@@ -80,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if the stream is truncated, still write the frames decoded (exit status stays 2)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="frames rendered per batch")
+    p.add_argument(
+        "--batch-size",
+        type=_whole(1, 256),
+        default=None,
+        help="frames rendered per batch, 1..256 (default: 2 on a CPU, 16 on a GPU)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="write even where the output is the input file"
+    )
     _model_options(p)
 
     p = sub.add_parser("info", help="describe an iwcodec stream: units, bytes, kbps")
@@ -93,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input", type=Path, default=None, help="another video instead of the bundled sample"
     )
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--max-frames", type=_frames, default=None, help="use only the first N frames")
     _model_options(p)
 
     p = sub.add_parser(
@@ -121,17 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=_names, default=None, help="lowdelay,best (default: both)")
     p.add_argument(
         "--targets",
-        type=_numbers,
+        type=_rates,
         default=None,
         help="classic target kbps, comma-separated (default: 2,4,8,12,16,24,32,48,64)",
     )
     p.add_argument(
         "--baseline-qualities",
-        type=_numbers,
+        type=_qualities,
         default=None,
-        help="keyframe qualities of the keyframe-only baseline (default: 50,75,90; none)",
+        help="keyframe qualities 1..100 of the keyframe-only baseline (default: 50,75,90; none)",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    p.add_argument("--max-frames", type=_frames, default=None, help="use only the first N frames")
     p.add_argument("--no-akd", action="store_true", help="skip the landmark distance (AKD)")
     p.add_argument(
         "--subset",
@@ -159,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("signal", help="run the signaling server for calls (docs/calls.md)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
-    p.add_argument("--port", type=int, default=8765, help="default: 8765")
+    p.add_argument(
+        "--port", type=_port, default=8765, help="0..65535 (0: any free one; default 8765)"
+    )
     p.add_argument(
         "--token", default=None, help="room token (default: $IWCODEC_TOKEN, else a random one)"
     )
@@ -179,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (the file's audio or the microphone, else silence), tone, silence, off, "
         "mic:DEVICE",
     )
-    p.add_argument("--audio-bitrate", type=int, default=None, help="Opus bit/s (default 16000)")
+    p.add_argument(
+        "--audio-bitrate",
+        type=_whole(6000, 128000),
+        default=None,
+        help="Opus bit/s, 6000..128000 (default 16000)",
+    )
     p.add_argument(
         "--ice-server",
         action="append",
@@ -189,16 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record", type=Path, default=None, help="record the other side (.mp4/.mkv)")
     p.add_argument(
-        "--view-port", type=int, default=8080, help="viewer page port on 127.0.0.1 (0: any)"
+        "--view-port", type=_port, default=8080, help="viewer page port on 127.0.0.1 (0: any)"
     )
     p.add_argument("--no-view", action="store_true", help="serve no viewer page")
-    p.add_argument("--duration", type=float, default=None, help="hang up after S seconds")
-    p.add_argument("--wait", type=float, default=None, help="give up if nobody joins in S s")
+    p.add_argument("--duration", type=_seconds, default=None, help="hang up after S seconds")
+    p.add_argument("--wait", type=_seconds, default=None, help="give up if nobody joins in S s")
     p.add_argument(
         "--frames-per-message",
-        type=int,
+        type=_whole(1, 64),
         default=None,
-        help="keypoint frames per message (default: as many as keep <= 10 messages/s)",
+        help="keypoint frames per message, 1..64 (default: as many as keep <= 10 messages/s)",
     )
     p.add_argument(
         "--sack",
@@ -220,11 +287,27 @@ def _names(text: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
-def _numbers(text: str) -> tuple[float, ...]:
+def _rates(text: str) -> tuple[float, ...]:
+    """Comma-separated bit rates in kbps, each positive and finite ("none": empty)."""
     try:
-        return tuple(float(n) for n in _names(text))
+        values = tuple(float(n) for n in _names(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+        values = (math.nan,)
+    if not all(math.isfinite(v) and 0 < v <= 100_000 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated rates in kbps, each above 0 and at most 100000, got {text!r}"
+        )
+    return values
+
+
+def _qualities(text: str) -> tuple[int, ...]:
+    """Comma-separated keyframe qualities 1..100 ("none": empty)."""
+    try:
+        return tuple(_quality(n) for n in _names(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated whole numbers 1..100, got {text!r}"
+        ) from None
 
 
 def _subset(text: str) -> tuple[str, tuple[str, ...]]:
@@ -271,6 +354,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     codec = parse_codec(args.keyframe_codec) if args.keyframe_codec else DEFAULT_CODEC
     quality = args.keyframe_quality if args.keyframe_quality is not None else DEFAULT_QUALITY
     native_setting(codec, quality)  # refuses a bad quality before the slow part
+    check_output(
+        args.output,
+        inputs=[args.input],
+        suffixes=(".iwc",),
+        kind="an iwcodec stream",
+        force=args.force,
+    )
     xy, s = CANDIDATE_STEPS[args.steps]
     options = EncodeOptions(
         keyframe_codec=codec,
@@ -290,6 +380,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from receiver.writer import output_format
 
     output_format(args.output)  # an unsupported extension fails before the model loads
+    check_output(args.output, inputs=[args.input], force=args.force)
     options = DecodeOptions(
         batch_size=args.batch_size, partial=args.partial, progress=not args.quiet
     )
@@ -343,7 +434,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.codecs if args.codecs is not None else CODECS,
         args.modes if args.modes is not None else MODES,
         args.targets if args.targets is not None else DEFAULT_TARGETS_KBPS,
-        tuple(int(q) for q in args.baseline_qualities)
+        args.baseline_qualities
         if args.baseline_qualities is not None
         else DEFAULT_BASELINE_QUALITIES,
     )
@@ -465,8 +556,44 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived. Raised in the main thread, it unwinds like Ctrl-C, so every
+    temporary ``.part`` file is removed and the last complete output stays."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while the command runs (only where
+    they would kill the process outright: a signal ignored under ``nohup`` stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, raise_terminated)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with terminate_as_interrupt():
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv[:1] == ["train"]:
             # codec.train owns its options (and their --help); pass them through untouched.
@@ -486,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code or 0
         print(f"iwcodec: error: {exc.code}", file=sys.stderr)
         return EXIT_ERROR
+    except Terminated as exc:
+        print(f"iwcodec: terminated ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("iwcodec: interrupted", file=sys.stderr)
         return 130

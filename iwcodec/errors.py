@@ -40,3 +40,7 @@ class BackendUnavailableError(IWCodecError):
 
 class CallError(IWCodecError):
     """A live call was refused or broke: bad token, model mismatch, signaling failure."""
+
+
+class UsageError(IWCodecError):
+    """A command line the program cannot run: a missing argument, a value out of range."""

@@ -23,7 +23,6 @@ cut file never turns into an output that looks complete (docs/usage.md).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -54,10 +53,11 @@ from bitstream import (
     load_prior,
     scan_stream,
 )
+from bitstream.budget import DEFAULT_MAX_GAP_SECONDS, FrameBudget
 from bitstream.stream import Source
 from codec.model import ImplicitWarpingModel, SourceFeatures
 from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
-from receiver.keyframe import decode_keyframe
+from receiver.audit import StreamAudit, check_keyframe, nothing_to_show, warn_bad_keyframe
 from receiver.writer import VideoWriter, output_format
 
 #: Keyframes whose features stay cached; a unit can refer to at most 16 (bitstream MAX_REFS).
@@ -69,16 +69,18 @@ class DecodeOptions:
     """Runtime options of the decoder.
 
     Attributes:
-        batch_size: frames per ``model.render`` call.
+        batch_size: frames per ``model.render`` call; ``None`` picks one for the model's device
+            (:func:`default_batch_size`: small on a CPU, where a batch costs memory, not time).
         max_gap_seconds: a stream that skips more than this much video at once (a lost run
-            longer than any damage a real file shows, or a forged frame index) is refused
-            rather than filled with held frames.
+            longer than any damage a real file shows, or a forged frame index), or that loses
+            more frames than it decodes by more than this, is refused rather than filled with
+            held frames (``bitstream.budget.FrameBudget``).
         partial: on a truncated file, write the frames decoded so far (and still raise).
         progress: show a progress bar on a terminal.
     """
 
-    batch_size: int = 16
-    max_gap_seconds: float = 60.0
+    batch_size: int | None = None
+    max_gap_seconds: float = DEFAULT_MAX_GAP_SECONDS
     partial: bool = False
     progress: bool = True
 
@@ -178,6 +180,37 @@ def device_of(model: ImplicitWarpingModel) -> torch.device:
     return next(model.parameters()).device
 
 
+#: Frames per render call by device type. On a CPU a batch buys no speed (the 256 px model
+#: decodes 1.5-1.6 frames/s at batches of 1-4 on 2 cores, 0.9 at 16) but costs ~0.17 GB of
+#: peak memory per frame (0.8 GB at 2, 3.3 GB at 16): docs/usage.md "Memory".
+DEFAULT_BATCH_SIZE = {"cpu": 2}
+DEFAULT_BATCH_SIZE_ACCELERATOR = 16
+MAX_BATCH_SIZE = 256
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Frames per render call when none is given: small on a CPU, 16 on a GPU."""
+    return DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE_ACCELERATOR)
+
+
+def check_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size`` checked (1..256), or the device's default for ``None``."""
+    if batch_size is None:
+        return default_batch_size(device)
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise IWCodecError(f"batch size must be 1..{MAX_BATCH_SIZE} frames, got {batch_size}")
+    return batch_size
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite model outputs: they would become black frames silently."""
+    if not bool(torch.isfinite(values).all()):
+        raise ModelMismatchError(
+            f"the model's {what} contains NaN or infinite values: the weights are broken "
+            "(e.g. a diverged training run); decode with other weights (--weights)"
+        )
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded like eval.metrics does."""
     x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
@@ -191,9 +224,11 @@ class Decoder:
         model: the implicit-warping model (eval mode, on the device to render on).
         params: the stream's parameter unit.
         first_index: index the stream starts at (0 for files; ``None`` joins a call late).
-        batch_size: frames per render call.
+        batch_size: frames per render call (``None``: :func:`default_batch_size`).
         max_gap: most frames one loss may span before the stream is refused (bounds the
             output of a forged index; ``None``: no bound).
+        budget: bound on all lost frames of a file (``bitstream.budget.FrameBudget``);
+            ``None`` in a call, where loss is a matter of the network.
 
     Every frame index from the first to the last one seen comes out exactly once: rendered, or
     held (the previous picture; before any picture exists, the keyframe it refers to).
@@ -205,15 +240,17 @@ class Decoder:
         params: ParamsUnit,
         *,
         first_index: int | None = 0,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         max_gap: int | None = None,
+        budget: FrameBudget | None = None,
     ) -> None:
         check_stream(model, params)
         self.model = model
         self.params = params
-        self.batch_size = max(1, batch_size)
-        self.max_gap = max_gap
         self.device = device_of(model)
+        self.batch_size = check_batch_size(batch_size, self.device)
+        self.max_gap = max_gap
+        self.budget = budget
         self.stats = DecodeStats(params.width, params.height, params.fps)
         self._keypoints = KeypointDecoder(
             params, find_entropy_model(params.entropy_id), first_index=first_index
@@ -238,6 +275,8 @@ class Decoder:
             return self._release_waiting()
         if isinstance(unit, KeypointUnit):
             result = self._keypoints.decode(unit)
+            if self.budget is not None:
+                self.budget.add(len(result.frames), result.lost)
             return self._emit(result.frames, result.lost)
         if isinstance(unit, EndUnit):
             return self.finish(unit.total_frames)
@@ -256,13 +295,12 @@ class Decoder:
 
         Raises BitstreamError when no frame could be rebuilt at all (no usable keyframe)."""
         result = self._keypoints.finish(total_frames)
+        if self.budget is not None:
+            self.budget.add(0, result.lost)
         frames = self._emit((), result.lost)
         self.finished = True
         if self._waiting:
-            raise BitstreamError(
-                f"no frame could be rebuilt: the stream's keyframe is missing or damaged "
-                f"({sum(len(r) for r in self._waiting)} frames have nothing to show)"
-            )
+            raise nothing_to_show(sum(len(r) for r in self._waiting))
         if self.stats.frames != total_frames:
             warnings.warn(
                 f"the end unit says {total_frames} frames were coded, {self.stats.frames} came out",
@@ -275,20 +313,14 @@ class Decoder:
     def add_keyframe(self, unit: KeyframeUnit) -> None:
         """Decode a keyframe image and cache its source features (once per keyframe)."""
         try:
-            rgb = decode_keyframe(unit.data, unit.codec)
+            rgb = check_keyframe(unit, self.params)
         except BitstreamError as exc:
             self._bad_keyframe(unit, str(exc))
-            return
-        if rgb.shape != (self.params.height, self.params.width, 3):
-            self._bad_keyframe(
-                unit,
-                f"image is {rgb.shape[1]}x{rgb.shape[0]}, the stream is "
-                f"{self.params.width}x{self.params.height}",
-            )
             return
         image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         image = image.permute(2, 0, 1)[None].float().div_(255)  # (1, 3, H, W)
         kp, strength = self.model.detect(image)  # (1, K, 2), (1, K)
+        check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
         feats = self.model.encode_source(image, kp, strength)  # (1, L, .)
         self._sources[unit.keyframe_id] = feats
         self._sources.move_to_end(unit.keyframe_id)
@@ -302,11 +334,7 @@ class Decoder:
 
     def _bad_keyframe(self, unit: KeyframeUnit, why: str) -> None:
         self.stats.bad_keyframes += 1
-        warnings.warn(
-            f"keyframe {unit.keyframe_id} cannot be used ({why}); frames that refer to it are held",
-            BitstreamWarning,
-            stacklevel=3,
-        )
+        warn_bad_keyframe(unit, why, stacklevel=4)
 
     # -- frames ---------------------------------------------------------------------------------
     def _emit(self, frames: Iterable[KeypointFrame], lost: Iterable[range]) -> list[DecodedFrame]:
@@ -400,6 +428,7 @@ class Decoder:
         """Frames from source features (batch 1) and keypoints (B, K, 3) -> (B, H, W, 3) uint8."""
         kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
         images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
+        check_finite(images, "rendered frames")
         return to_uint8(images)
 
 
@@ -428,9 +457,11 @@ class StreamDecoding:
         self._records = scan_stream(source)
         first = read_header(self._records, source)
         self.params: ParamsUnit = first.unit
-        max_gap = math.ceil(options.max_gap_seconds * float(self.params.fps))
         self.decoder = Decoder(
-            model, self.params, batch_size=options.batch_size, max_gap=max(max_gap, 1)
+            model,
+            self.params,
+            batch_size=options.batch_size,
+            budget=FrameBudget.for_rate(self.params.fps, options.max_gap_seconds),
         )
         self.stats = self.decoder.stats
         self._offset = first.size
@@ -451,7 +482,9 @@ class StreamDecoding:
             self.stats.seconds += time.perf_counter() - start
 
 
-def _truncated_message(path: Path, stats: DecodeStats, exc: Exception, out: Path | None) -> str:
+def _truncated_message(
+    path: Path, stats: DecodeStats | StreamInfo, exc: Exception, out: Path | None
+) -> str:
     done = f"{stats.frames} frames ({stats.duration:.2f} s) could be decoded"
     if out is None:
         return f"{path}: {exc}. {done}; no output was written (--partial keeps them)"
@@ -475,6 +508,7 @@ def decode_file(
     in_path, out_path = Path(in_path), Path(out_path)
     output_format(out_path)  # refuse an unknown extension before any work
     stream = StreamDecoding(in_path, model, options)
+    audit_file(in_path, options)
     p = stream.params
     with VideoWriter(out_path, p.width, p.height, p.fps) as writer:
         bar = tqdm(desc="decoding", unit="frame", disable=None if options.progress else True)
@@ -496,6 +530,22 @@ def decode_file(
         finally:
             bar.close()
     return stream.stats
+
+
+def audit_file(path: Path, options: DecodeOptions = DecodeOptions()) -> StreamInfo:
+    """Refuse, before anything is rendered, a stream that decoding would refuse at some point
+    (``iwcodec info``'s verdict: forged counts, no usable keyframe, a second stream, a cut end
+    unless ``options.partial``), so a long decode never fails at its end."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BitstreamWarning)  # the decode itself reports them
+        info = inspect_stream(path, options.max_gap_seconds)
+    problem = info.problem
+    if isinstance(problem, TruncatedStreamError):
+        if not options.partial:
+            raise TruncatedStreamError(_truncated_message(path, info, problem, None))
+    elif problem is not None:
+        raise type(problem)(f"{path}: {problem}")
+    return info
 
 
 def decode_frames(
@@ -522,27 +572,37 @@ _TYPE_LABELS = {
 
 @dataclass
 class StreamInfo:
-    """What ``iwcodec info`` reports: units and bytes per type, damage, rates.
+    """What ``iwcodec info`` reports: units and bytes per type, damage, rates, and the verdict
+    a decode would reach (``problem``: the error it would raise; ``None``: it decodes).
 
     ``units`` / ``bytes`` are keyed by type label (params, keyframe, keypoints, end);
-    ``sum(bytes.values()) + damaged_bytes + tail_bytes == file_bytes``.
+    ``sum(bytes.values()) + damaged_bytes + tail_bytes + after_end_bytes == file_bytes``.
     """
 
     file_bytes: int
     params: ParamsUnit | None = None
     units: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
-    keypoint_frames: int = 0  # frames carried by the keypoint units that were read
+    keypoint_frames: int = 0  # frames the indices of the keypoint units read reach
     end: EndUnit | None = None
     damaged_regions: int = 0
     damaged_bytes: int = 0
     tail_bytes: int = 0  # unreadable bytes at the end of a truncated stream
+    after_end_bytes: int = 0  # bytes after the end unit: ignored, or a second stream
     keyframe_codecs: dict[str, int] = field(default_factory=dict)
-    problem: IWCodecError | None = None  # the error that ended reading, if any
+    audit: StreamAudit | None = None  # what decoding finds (receiver.audit)
+    problem: IWCodecError | None = None  # the error a decode would raise, if any
 
     @property
     def frames(self) -> int:
+        """Frames a decode outputs (decoded and held), as far as the stream could be read."""
+        if self.audit is not None:
+            return self.audit.frames
         return self.end.total_frames if self.end is not None else self.keypoint_frames
+
+    @property
+    def lost_frames(self) -> int:
+        return self.audit.lost if self.audit is not None else 0
 
     @property
     def duration(self) -> float:
@@ -552,6 +612,13 @@ class StreamInfo:
 
     def kbps(self, nbytes: int) -> float:
         return nbytes * 8 / self.duration / 1000 if self.duration else 0.0
+
+    @property
+    def complete(self) -> str:
+        """yes (decodes), NO (decoding fails), unknown (this installation cannot tell)."""
+        if self.problem is None:
+            return "yes"
+        return "unknown" if isinstance(self.problem, ModelMismatchError) else "NO"
 
     def summary(self) -> str:
         """The human-readable report of ``iwcodec info``."""
@@ -564,18 +631,22 @@ class StreamInfo:
                 f"{p.predictor.name.lower()}",
                 f"weights id:  {p.weights_id.hex()}   entropy table id: {p.entropy_id.hex()}",
             ]
-        complete = "yes" if self.problem is None else "NO"
+        codecs = [f"{n} {c}" for c, n in sorted(self.keyframe_codecs.items())]
+        bad = self.audit.bad_keyframes if self.audit is not None else 0
+        if bad:
+            codecs.append(f"{bad} unusable")
         lines += [
-            f"frames:      {self.frames} ({self.duration:.2f} s)   complete: {complete}",
+            f"frames:      {self.frames} ({self.duration:.2f} s)   complete: {self.complete}",
             f"keyframes:   {self.units['keyframe']}"
-            + (
-                " (" + ", ".join(f"{n} {c}" for c, n in sorted(self.keyframe_codecs.items())) + ")"
-                if self.keyframe_codecs
-                else ""
-            ),
-            "",
-            f"{'unit type':<12}{'units':>7}{'bytes':>11}{'kbps':>10}",
+            + (f" ({', '.join(codecs)})" if codecs else ""),
         ]
+        if self.lost_frames:
+            lines.append(
+                f"lost:        {self.lost_frames} frames (held: shown as the frame before)"
+            )
+        if self.end is not None and self.end.total_frames != self.frames:
+            lines.append(f"end unit:    says {self.end.total_frames} frames")
+        lines += ["", f"{'unit type':<12}{'units':>7}{'bytes':>11}{'kbps':>10}"]
         for label in _TYPE_LABELS.values():
             n, b = self.units[label], self.bytes[label]
             lines.append(f"{label:<12}{n:>7}{b:>11}{self.kbps(b):>10.2f}")
@@ -586,6 +657,8 @@ class StreamInfo:
             )
         if self.tail_bytes:
             lines.append(f"{'cut tail':<12}{'':>7}{self.tail_bytes:>11}{'':>10}")
+        if self.after_end_bytes:
+            lines.append(f"{'after end':<12}{'':>7}{self.after_end_bytes:>11}{'':>10}")
         lines.append(
             f"{'total':<12}{sum(self.units.values()):>7}{self.file_bytes:>11}"
             f"{self.kbps(self.file_bytes):>10.2f}"
@@ -610,28 +683,46 @@ def _fps_text(fps: Fraction) -> str:
     return str(fps.numerator) if fps.denominator == 1 else f"{fps} (= {float(fps):.3f})"
 
 
-def inspect_stream(path: str | Path) -> StreamInfo:
-    """Read a stream without decoding frames (``iwcodec info``).
+def inspect_stream(
+    source: str | Path | bytes, max_gap_seconds: float = DEFAULT_MAX_GAP_SECONDS
+) -> StreamInfo:
+    """Read a stream without rendering (``iwcodec info``; ``iwcodec decode`` before rendering).
 
-    Errors after the header (a cut or damaged end) are kept in ``problem`` so the numbers of
-    what could be read are still reported; an unreadable header raises.
+    Every unit is checked as the decoder would (``receiver.audit.StreamAudit``); the error a
+    decode would raise, and errors after the header (a cut or damaged end, a second stream),
+    are kept in ``problem`` so that the numbers of what could be read are still reported. An
+    unreadable header raises.
     """
-    path = Path(path)
-    try:
-        file_bytes = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if isinstance(source, (bytes, bytearray)):
+        file_bytes = len(source)
+    else:
+        source = Path(source)
+        try:
+            file_bytes = source.stat().st_size
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror}") from None
     info = StreamInfo(file_bytes)
-    records = scan_stream(path)
-    first = read_header(records, path)
+    records = scan_stream(source)
+    first = read_header(records, source)
     info.params = first.unit
+    try:
+        entropy, missing = find_entropy_model(first.unit.entropy_id), None
+    except ModelMismatchError as exc:
+        entropy, missing = None, exc
+    info.audit = audit = StreamAudit(first.unit, entropy, max_gap_seconds)
     offset = _account(info, first.offset, first.size, first.unit, 0)
+    unreadable = None
     try:
         for record in records:
             offset = _account(info, record.offset, record.size, record.unit, offset)
+            audit.add(record.unit)
     except BitstreamError as exc:
-        info.problem = exc
+        unreadable = exc
+    if info.end is not None:
+        info.after_end_bytes = file_bytes - offset
+    else:
         info.tail_bytes = file_bytes - offset
+    info.problem = missing or audit.problem or unreadable
     return info
 
 

@@ -85,6 +85,8 @@ class VideoWriter:
             raise IWCodecError(
                 f"{self.path}: H.264 needs even frame sizes, got {width}x{height}; use .mkv"
             )
+        if self.path.is_dir():
+            raise IWCodecError(f"{self.path}: is a folder; name a video file to write")
         if not self.path.parent.is_dir():
             raise IWCodecError(f"{self.path}: the folder {self.path.parent} does not exist")
         self.width, self.height, self.fps = width, height, fps
@@ -131,7 +133,11 @@ class VideoWriter:
         self._mux(self._stream.encode(None))
         self._container.close()
         self._open = False
-        os.replace(self._tmp, self.path)
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as exc:  # e.g. a folder was created under the name meanwhile
+            self._tmp.unlink(missing_ok=True)
+            raise IWCodecError(f"{self.path}: cannot be written ({exc.strerror or exc})") from None
         return self.path
 
     def abort(self) -> None:

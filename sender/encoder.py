@@ -51,6 +51,7 @@ from bitstream.quant import DEFAULT_S_STEPS, DEFAULT_XY_STEPS
 from bitstream.units import MAX_REFS
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
+from iwcodec.outputs import check_output
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
 from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, encode_keyframe
 
@@ -153,6 +154,7 @@ def crop_input(path: str | Path, size: int, max_frames: int | None = None) -> Cr
 
     Raises InputError for an unusable file and NoFaceError when no face is found.
     """
+    check_max_frames(max_frames)
     clip = crop_video(path, size=size)
     if max_frames is not None and max_frames < len(clip.frames):
         clip = CroppedClip(
@@ -165,6 +167,21 @@ def crop_input(path: str | Path, size: int, max_frames: int | None = None) -> Cr
             clip.config,
         )
     return clip
+
+
+def check_max_frames(max_frames: int | None) -> None:
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"the number of frames to encode must be at least 1, got {max_frames}")
+
+
+def check_finite_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """Refuse NaN or infinite keypoints (broken weights): no quantizer can code them."""
+    if not np.isfinite(keypoints).all():
+        raise ModelMismatchError(
+            "the model's keypoint detector gives NaN or infinite values: the weights are broken "
+            "(e.g. a diverged training run); encode with other weights (--weights)"
+        )
+    return keypoints
 
 
 def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -190,7 +207,7 @@ def detect_batch(model: ImplicitWarpingModel, frames: np.ndarray) -> np.ndarray:
     """Keypoints of a batch: (B, H, W, 3) uint8 -> (B, K, 3) float32 rows (x, y, strength),
     x and y in [-1, 1], strength in [0, 1] (paper section 3), on the model's device."""
     kp, strength = model.detect(to_tensor(frames, device_of(model)))  # (B, K, 2), (B, K)
-    out = torch.cat([kp, strength[..., None]], -1).float().cpu().numpy()
+    out = check_finite_keypoints(torch.cat([kp, strength[..., None]], -1).float().cpu().numpy())
     # The detector's softmax expectation keeps x, y inside [-1, 1] and its strength is a
     # sigmoid; the clip only guards against float round-off before quantization.
     out[..., :2] = np.clip(out[..., :2], -1, 1)
@@ -423,6 +440,7 @@ def stream_crops(path: str | Path, size: int, max_frames: int | None = None):
     """The face crops of a video file, streamed: (fps, expected count, iterator of
     (size, size, 3) uint8). Two passes over the file, like ``sender.crop.crop_video`` (boxes
     first, smoothed without lag, then the cuts), but only the boxes are held in memory."""
+    check_max_frames(max_frames)
     boxes, _, fps = track_video(path, CropConfig(size=size))
     count = len(boxes) if max_frames is None else min(len(boxes), max_frames)
 
@@ -445,7 +463,7 @@ def encode_file(
 ) -> EncodeStats:
     """Video file -> ``.iwc`` stream: crop, detect keypoints, code. Memory does not grow with
     the clip's length; the output appears only when it is complete."""
-    out_path = Path(out_path)
+    out_path = check_output(out_path)  # not a folder
     if not out_path.parent.is_dir():
         raise IWCodecError(f"{out_path}: the folder {out_path.parent} does not exist")
     fps, count, crops = stream_crops(in_path, model.cfg.image_size, options.max_frames)

@@ -56,6 +56,11 @@ def _open_container(path: Path) -> av.container.InputContainer:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a video file")
+    if not path.is_file():
+        raise InputError(
+            f"{path}: is not a regular file (a device, pipe or socket): the encoder reads its "
+            "input twice, so save the video to a file first"
+        )
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     try:
