@@ -250,3 +250,29 @@ def test_demo_writes_its_outputs(capsys, work, weights) -> None:
         assert sum(1 for _ in c.decode(s)) == 20
     assert np.isfinite(report["metrics"]["psnr"]) and 0 <= report["metrics"]["lpips"]
     assert "PSNR" in stdout and "kbps" in stdout and str(out_dir) in stdout
+
+
+def test_sigterm_leaves_no_part_file_and_no_output(
+    capsys, monkeypatch, work, clip, weights
+) -> None:
+    """SIGTERM while the stream is being put in place (the moment a ``.part`` file exists)
+    unwinds like Ctrl-C: exit 128 + 15, the ``.part`` removed, no output, the input intact."""
+    import os
+    import signal
+
+    out = work / "term.iwc"
+    before = clip.read_bytes()
+    real_replace = os.replace
+
+    def replace_then_term(src, dst, *a, **k):
+        assert Path(src).name == ".term.iwc.part" and Path(src).exists()
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises before the rename
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace_then_term)
+    status = main(["encode", str(clip), "-o", str(out), "--weights", str(weights), "--quiet"])
+    assert status == 128 + signal.SIGTERM
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert not out.exists() and not list(work.glob(".term*"))
+    assert clip.read_bytes() == before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
