@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iwcodec.errors import InputError
+from iwcodec.native_logs import quiet_native_stderr, warm_up
 
 N_LANDMARKS = 478
 AKD_SIZE = 256  # distances are in pixels of a 256x256 frame
@@ -40,12 +41,14 @@ class FaceLandmarker:
         # Imported here: mediapipe takes seconds to import and only AKD needs it.
         import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True,
-            max_num_faces=1,
-            refine_landmarks=True,
-            min_detection_confidence=min_detection_confidence,
-        )
+        with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=min_detection_confidence,
+            )
+            warm_up(self._mesh)
 
     def landmarks(self, frame: np.ndarray) -> np.ndarray | None:
         result = self._mesh.process(np.ascontiguousarray(frame))

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from iwcodec import __version__
+from iwcodec import __version__, native_logs
 from iwcodec.errors import BackendUnavailableError, IWCodecError, UsageError
 from iwcodec.outputs import check_output
 
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Neural talking-head video codec: one keyframe, then 20 keypoints per frame.",
     )
     parser.add_argument("--version", action="version", version=f"iwcodec {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let third-party log lines through (MediaPipe, TFLite; silenced by default)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encode", help="encode a video file to an iwcodec stream (.iwc)")
@@ -599,6 +604,8 @@ def _run(argv: list[str]) -> int:
             # codec.train owns its options (and their --help); pass them through untouched.
             return cmd_train(argv[1:])
         args = build_parser().parse_args(argv)
+        if args.verbose:
+            native_logs.set_verbose(True)
         with warnings.catch_warnings():
             from bitstream import BitstreamWarning
 

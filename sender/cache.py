@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from iwcodec.errors import InputError
+from iwcodec.native_logs import quiet_native_stderr, warm_up
 from sender.crop import CropConfig, iter_crops, track_video
 
 CACHE_VERSION = 1
@@ -73,13 +74,15 @@ class LandmarkFinder:
     of crops; one instance per clip, since tracking state must not leak between clips."""
 
     def __init__(self) -> None:
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False,
-            max_num_faces=1,
-            refine_landmarks=True,
-            min_detection_confidence=0.5,
-            min_tracking_confidence=0.5,
-        )
+        with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=False,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=0.5,
+                min_tracking_confidence=0.5,
+            )
+            warm_up(self._mesh)
 
     def find(self, crop: np.ndarray) -> np.ndarray:
         """crop (S, S, 3) uint8 -> (478, 2) float32 in [-1, 1], NaN when no face."""

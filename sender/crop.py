@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from iwcodec.errors import InputError, NoFaceError
+from iwcodec.native_logs import quiet_native_stderr, warm_up
 from sender.video import VideoFrame, iter_frames, probe_video
 
 # Full-range boxes are drawn larger and higher than short-range ones on the same face
@@ -103,8 +104,10 @@ class FaceDetector:
 
     def __init__(self, min_score: float = 0.5) -> None:
         fd = mp.solutions.face_detection
-        self._short = fd.FaceDetection(model_selection=0, min_detection_confidence=min_score)
-        self._full = fd.FaceDetection(model_selection=1, min_detection_confidence=min_score)
+        with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
+            self._short = fd.FaceDetection(model_selection=0, min_detection_confidence=min_score)
+            self._full = fd.FaceDetection(model_selection=1, min_detection_confidence=min_score)
+            warm_up(self._short, self._full)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         h, w = rgb.shape[:2]

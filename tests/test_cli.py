@@ -276,3 +276,23 @@ def test_sigterm_leaves_no_part_file_and_no_output(
     assert not out.exists() and not list(work.glob(".term*"))
     assert clip.read_bytes() == before
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+
+
+def test_no_third_party_log_lines_unless_verbose(work, clip, weights) -> None:
+    """MediaPipe/TFLite write to descriptor 2 from C++ (not capturable in-process): run the
+    command in a child and read its stderr. Silent by default; --verbose lets them through."""
+    import subprocess
+    import sys
+
+    def stderr_of(*flags: str) -> str:
+        out = work / "quiet.iwc"
+        out.unlink(missing_ok=True)
+        argv = [*flags, "encode", str(clip), "-o", str(out), "--weights", str(weights)]
+        code = f"from iwcodec.cli import main; raise SystemExit(main({argv!r}))"
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    noise = re.compile(r"^(W0000|I0000|INFO: Created TensorFlow|WARNING: All log messages)", re.M)
+    assert not noise.search(stderr_of()), stderr_of()
+    assert noise.search(stderr_of("--verbose"))
