@@ -228,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=8765, help="0..65535 (0: any free one; default 8765)"
     )
     p.add_argument(
-        "--token", default=None, help="room token (default: $IWCODEC_TOKEN, else a random one)"
+        "--token",
+        default=None,
+        help="room token, at least 16 characters (default: $IWCODEC_TOKEN, else a random one)",
     )
     p.add_argument("--tls-cert", default=None, help="PEM certificate: serve wss:// instead")
     p.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")

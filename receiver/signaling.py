@@ -26,6 +26,19 @@ Hostile clients are refused without hurting the others: messages are bounded
 wrong token gets ``bad-token`` and the socket is closed; malformed messages get ``bad-message``
 and, after ``MAX_BAD_MESSAGES`` of them, the socket is closed. The token is compared in
 constant time.
+
+Guessing the token is made slow and a crowd of silent sockets cannot lock others out:
+
+- tokens shorter than ``MIN_TOKEN_CHARS`` (16) are refused when the server starts; the
+  generated default (:func:`new_token`) is 24 URL-safe characters, 144 random bits;
+- each wrong token from an address doubles that address's penalty (``BAD_TOKEN_DELAY`` s,
+  up to ``MAX_BAD_TOKEN_DELAY``): the answer waits that long, and new sockets from the address
+  are refused (HTTP 429) for as long again; a right token clears it. At the cap an address
+  tries one token a minute;
+- a socket must join within ``JOIN_TIMEOUT`` (3 s); one address holds at most
+  ``MAX_PENDING_PER_ADDRESS`` sockets that have not joined yet (more: HTTP 429);
+- ``GET /`` says only what the server is; its room and connection counts need
+  ``GET /?token=T``.
 """
 
 from __future__ import annotations
@@ -58,7 +71,11 @@ MAX_CONNECTIONS = 2 * MAX_ROOMS
 MAX_BAD_MESSAGES = 5
 RATE_WINDOW = 10.0  # seconds
 RATE_LIMIT = 100  # messages per window and connection
-JOIN_TIMEOUT = 10.0
+JOIN_TIMEOUT = 3.0
+MIN_TOKEN_CHARS = 16
+MAX_PENDING_PER_ADDRESS = 4
+BAD_TOKEN_DELAY = 0.25  # seconds, doubled per wrong token from one address
+MAX_BAD_TOKEN_DELAY = 30.0
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CLOSE_BAD_TOKEN = 4001
 CLOSE_POLICY = 4008
@@ -82,6 +99,8 @@ class _Peer:
     ws: web.WebSocketResponse
     room: str | None = None
     hello: dict | None = None
+    address: str = "?"
+    pending: bool = True  # has not joined a room yet
     bad: int = 0
     times: deque = field(default_factory=deque)
 
@@ -153,8 +172,11 @@ class SignalingServer:
         max_rooms: int = MAX_ROOMS,
         join_timeout: float = JOIN_TIMEOUT,
     ) -> None:
-        if not token:
-            raise CallError("the signaling server needs a non-empty token")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise CallError(
+                f"the room token must have at least {MIN_TOKEN_CHARS} characters (it is "
+                f"{len(token)}): a short token falls to guessing; leave it out for a random one"
+            )
         self.token = token.encode()
         self.host = host
         self.port = port
@@ -165,6 +187,8 @@ class SignalingServer:
         self.connections = 0
         self.stats: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
+        self._pending: dict[str, int] = {}  # address -> sockets that have not joined
+        self._penalty: dict[str, tuple[int, float]] = {}  # address -> (wrong tokens, until)
 
     @property
     def url(self) -> str:
@@ -201,9 +225,29 @@ class SignalingServer:
         self.stats[what] = self.stats.get(what, 0) + 1
 
     async def index(self, request: web.Request) -> web.Response:
+        token = request.query.get("token", "")
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self.token):
+            return web.Response(text="iwcodec signaling server\n")
         return web.Response(
             text=f"iwcodec signaling server: {len(self.rooms)} rooms, {self.connections} connections\n"
         )
+
+    # ------------------------------------------------------------------ per-address limits
+    def _penalised(self, address: str) -> bool:
+        entry = self._penalty.get(address)
+        return entry is not None and time.monotonic() < entry[1]
+
+    def _bad_token_delay(self, address: str) -> float:
+        """Record a wrong token from ``address``; the seconds its answer waits:
+        BAD_TOKEN_DELAY doubled per wrong token, capped. New sockets from the address are
+        refused for that long again after the answer."""
+        failures = self._penalty.get(address, (0, 0.0))[0] + 1
+        delay = min(BAD_TOKEN_DELAY * 2 ** (failures - 1), MAX_BAD_TOKEN_DELAY)
+        self._penalty[address] = (failures, time.monotonic() + 2 * delay)
+        if len(self._penalty) > 4 * MAX_CONNECTIONS:  # bounded: forget penalties that ended
+            now = time.monotonic()
+            self._penalty = {a: e for a, e in self._penalty.items() if e[1] > now}
+        return delay
 
     # ---------------------------------------------------------------------------- one client
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -211,15 +255,24 @@ class SignalingServer:
         if self.connections >= MAX_CONNECTIONS:
             self._count("refused-busy")
             return web.Response(status=503, text="too many connections\n")
+        address = request.remote or "?"
+        if self._penalised(address):
+            self._count("refused-penalty")
+            return web.Response(status=429, text="wrong tokens from this address: wait\n")
+        if self._pending.get(address, 0) >= MAX_PENDING_PER_ADDRESS:
+            self._count("refused-pending")
+            return web.Response(status=429, text="too many sockets waiting to join\n")
         await ws.prepare(request)
         self.connections += 1
-        peer = _Peer(ws)
+        self._pending[address] = self._pending.get(address, 0) + 1
+        peer = _Peer(ws, address=address)
         try:
             await self._serve(peer)
         except Exception:  # a bug must not take the server down with it
             log.exception("signaling: connection handler failed")
         finally:
             self.connections -= 1
+            self._not_pending(peer)
             await self._leave(peer)
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -268,6 +321,15 @@ class SignalingServer:
             if done:
                 return
 
+    def _not_pending(self, peer: _Peer) -> None:
+        if peer.pending:
+            peer.pending = False
+            left = self._pending.get(peer.address, 1) - 1
+            if left > 0:
+                self._pending[peer.address] = left
+            else:
+                self._pending.pop(peer.address, None)
+
     def _within_rate(self, peer: _Peer) -> bool:
         now = time.monotonic()
         peer.times.append(now)
@@ -302,7 +364,9 @@ class SignalingServer:
         if not isinstance(token, str) or not hmac.compare_digest(
             token.encode("utf-8", "replace"), self.token
         ):
+            await asyncio.sleep(self._bad_token_delay(peer.address))  # slows guessing
             raise BadMessage("bad-token", "wrong room token")
+        self._penalty.pop(peer.address, None)
         room = check_room(msg.get("room"))
         hello = check_hello(msg.get("hello", {}))
         peers = self.rooms.get(room)
@@ -314,6 +378,7 @@ class SignalingServer:
             raise BadMessage("room-full", f"room {room!r} already has {MAX_PEERS_PER_ROOM} peers")
         other = peers[0] if peers else None
         peer.room, peer.hello = room, hello
+        self._not_pending(peer)
         peers.append(peer)
         self._count("joined")
         await self._send(

@@ -142,14 +142,14 @@ def test_different_weights_are_refused_on_both_sides(model, tmp_path):
     assert other.weights_id != model.weights_id
 
     async def scenario():
-        server = SignalingServer("token")
+        server = SignalingServer("loopback-call-token")  # call_measure.run_pair's token
         await server.start()
         try:
             results = await run_pair(Peer(model), Peer(other), 5.0, server=server)
             # the server keeps serving: a next pair meets in the same room
             async with SignalingClient(server.url) as c1, SignalingClient(server.url) as c2:
-                await c1.join("room", "token", {"x": 1})
-                joined = await c2.join("room", "token", {"x": 2})
+                await c1.join("room", "loopback-call-token", {"x": 1})
+                joined = await c2.join("room", "loopback-call-token", {"x": 2})
                 assert joined.peer == {"x": 1}
             return results
         finally:
@@ -166,7 +166,7 @@ def test_different_weights_are_refused_on_both_sides(model, tmp_path):
 
 def test_wrong_token_is_refused(model):
     async def scenario():
-        server = SignalingServer("right")
+        server = SignalingServer("the-right-token-16")
         url = await server.start()
         try:
             sender = Peer(model).sender()

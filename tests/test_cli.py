@@ -296,3 +296,43 @@ def test_no_third_party_log_lines_unless_verbose(work, clip, weights) -> None:
     noise = re.compile(r"^(W0000|I0000|INFO: Created TensorFlow|WARNING: All log messages)", re.M)
     assert not noise.search(stderr_of()), stderr_of()
     assert noise.search(stderr_of("--verbose"))
+
+
+def test_outputs_that_would_destroy_a_file_are_refused(capsys, work, clip, encoded, weights):
+    """Issue 17 rows 3 and 5: the input as output (also through a link), a stream under a
+    video's name, a folder as output: one error line, nothing written, the input intact."""
+    before = clip.read_bytes()
+    link = work / "link.mp4"
+    link.unlink(missing_ok=True)
+    link.symlink_to(clip)
+    for out in (clip, link):
+        status, _, err = run(capsys, "encode", clip, "-o", out, "--weights", weights)
+        assert_user_error(status, err, "is the input file", "--force")
+    assert clip.read_bytes() == before
+    status, _, err = run(capsys, "encode", clip, "-o", work / "x.mp4", "--weights", weights)
+    assert_user_error(status, err, "another kind of file", "x.iwc")
+    assert not (work / "x.mp4").exists()
+    forced = ["encode", clip, "-o", work / "x.mp4", "--weights", weights, "--force", "--quiet"]
+    assert run(capsys, *forced)[0] == 0  # the user insists: a stream named .mp4
+    folder = work / "o.mp4"
+    folder.mkdir(exist_ok=True)
+    status, _, err = run(capsys, "decode", encoded, "-o", folder, "--weights", weights)
+    assert_user_error(status, err, "is a folder")
+    assert not list(work.glob(".*.part")) and not any(folder.iterdir())
+
+
+def test_weights_that_give_nan_are_a_clear_error(capsys, work, clip, encoded, weights):
+    """Issue 17 row 6: a detector that outputs NaN (a diverged run) is named as such at
+    encode and decode, not a ValueError from the quantizer."""
+    from safetensors.torch import load_file, save_file
+
+    from codec.weights import read_metadata
+
+    state = load_file(weights)
+    name = next(k for k in state if k.startswith("kp_detector") and k.endswith("weight"))
+    state[name] = torch.full_like(state[name], float("nan"))
+    bad = work / "nan.safetensors"
+    save_file(state, bad, metadata=read_metadata(weights))
+    status, _, err = run(capsys, "encode", clip, "-o", work / "nan.iwc", "--weights", bad)
+    assert_user_error(status, err, "NaN or infinite", "weights")
+    assert not (work / "nan.iwc").exists()

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -20,7 +21,7 @@ from iwcodec.errors import CallError
 from receiver import signaling
 from receiver.signaling import SignalingClient, SignalingServer
 
-TOKEN = "s3cret"
+TOKEN = "s3cret-room-token-1"
 
 
 def run(coro):
@@ -77,11 +78,17 @@ def test_two_peers_meet_relay_and_part():
         ('{"no": "type"}', "bad-message"),
         ('{"type": "dance"}', "bad-message"),
         ('{"type": "relay", "data": {}}', "not-joined"),
-        ('{"type": "join", "room": "../etc", "token": "s3cret"}', "bad-room"),
-        ('{"type": "join", "room": "' + "r" * 65 + '", "token": "s3cret"}', "bad-room"),
-        ('{"type": "join", "room": "r", "token": "s3cret", "hello": [1]}', "bad-message"),
+        ('{"type": "join", "room": "../etc", "token": "s3cret-room-token-1"}', "bad-room"),
         (
-            '{"type": "join", "room": "r", "token": "s3cret", "hello": {"x": "'
+            '{"type": "join", "room": "' + "r" * 65 + '", "token": "s3cret-room-token-1"}',
+            "bad-room",
+        ),
+        (
+            '{"type": "join", "room": "r", "token": "s3cret-room-token-1", "hello": [1]}',
+            "bad-message",
+        ),
+        (
+            '{"type": "join", "room": "r", "token": "s3cret-room-token-1", "hello": {"x": "'
             + "y" * 3000
             + '"}}',
             "bad-message",
@@ -131,7 +138,9 @@ def test_binary_message_is_refused():
     run(scenario())
 
 
-def test_wrong_token_is_refused_and_closed():
+def test_wrong_token_is_refused_and_closed(monkeypatch):
+    monkeypatch.setattr(signaling, "BAD_TOKEN_DELAY", 0.02)  # the penalty has its own test
+
     async def scenario():
         server = SignalingServer(TOKEN)
         await server.start()
@@ -139,6 +148,7 @@ def test_wrong_token_is_refused_and_closed():
             async with SignalingClient(server.url) as c:
                 with pytest.raises(CallError, match="wrong room token"):
                     await c.join("r", "guess", {})
+            await asyncio.sleep(0.05)  # the address's penalty (0.02 s, doubled) passes
             session, ws = await raw(server.url)
             await ws.send_str(json.dumps({"type": "join", "room": "r", "token": "s3cre"}))
             assert (await next_json(ws))["code"] == "bad-token"
@@ -147,6 +157,7 @@ def test_wrong_token_is_refused_and_closed():
             assert ws.close_code == signaling.CLOSE_BAD_TOKEN
             await session.close()
             assert "r" not in server.rooms
+            await asyncio.sleep(0.1)
             await good_pair_meets(server)
         finally:
             await server.stop()
@@ -289,8 +300,10 @@ def test_client_errors_are_call_errors():
             await server.stop()
 
     run(scenario())
-    with pytest.raises(CallError, match="non-empty token"):
-        SignalingServer("")
+    for short in ("", "s3cret", "x" * (signaling.MIN_TOKEN_CHARS - 1)):
+        with pytest.raises(CallError, match="at least 16 characters"):
+            SignalingServer(short)
+    assert len(signaling.new_token()) >= signaling.MIN_TOKEN_CHARS
 
 
 def test_iwcodec_signal_command_serves_rooms(tmp_path):
@@ -346,3 +359,61 @@ def test_a_port_in_use_is_a_clear_error_for_the_server_and_the_viewer():
             await first.stop()
 
     asyncio.run(scenario())
+
+
+def test_wrong_tokens_wait_longer_each_time_and_lock_the_address_out(monkeypatch):
+    """Each wrong token from one address doubles its wait; while it lasts, new sockets from
+    the address are refused (429); a right token afterwards clears the penalty."""
+    monkeypatch.setattr(signaling, "BAD_TOKEN_DELAY", 0.05)
+
+    async def scenario():
+        server = SignalingServer(TOKEN)
+        await server.start()
+        try:
+            waits = []
+            for _ in range(3):
+                async with SignalingClient(server.url) as c:
+                    start = time.monotonic()
+                    with pytest.raises(CallError, match="token"):
+                        await c.join("r", "not-the-token-at-all", {})
+                    waits.append(time.monotonic() - start)
+                with pytest.raises(aiohttp.WSServerHandshakeError) as exc:  # still waiting
+                    session, ws = await raw(server.url)
+                assert exc.value.status == 429
+                await asyncio.sleep(0.05 * 2 ** len(waits) + 0.05)
+            assert waits[0] >= 0.05 and waits[1] >= 0.1 and waits[2] >= 0.2, waits
+            assert server.stats["refused-penalty"] == 3
+            await good_pair_meets(server)  # the right token clears the address
+            assert server._penalty == {}
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_silent_sockets_per_address_are_capped_and_get_GET_reveals_nothing():
+    async def scenario():
+        server = SignalingServer(TOKEN, join_timeout=5)
+        await server.start()
+        base = server.url.removesuffix("/ws")
+        try:
+            silent = [await raw(server.url) for _ in range(signaling.MAX_PENDING_PER_ADDRESS)]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                await raw(server.url)
+            assert exc.value.status == 429 and server.stats["refused-pending"] == 1
+            async with aiohttp.ClientSession() as http:
+                async with http.get(base + "/") as r:
+                    text = await r.text()
+                assert text == "iwcodec signaling server\n"  # no counts without the token
+                async with http.get(base + "/", params={"token": TOKEN}) as r:
+                    assert "connections" in await r.text()
+            for session, ws in silent:
+                await ws.close()
+                await session.close()
+            await asyncio.sleep(0.2)
+            assert server._pending == {}
+            await good_pair_meets(server)
+        finally:
+            await server.stop()
+
+    run(scenario())

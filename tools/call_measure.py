@@ -177,7 +177,7 @@ async def run_pair(
     sack: SackPolicy = SackPolicy.BUNDLED,
     timeline: bool = False,
     room: str = "room",
-    token: str = "token",
+    token: str = "loopback-call-token",
     server: SignalingServer | None = None,
     senders: tuple | None = None,
 ) -> list[CallReport | BaseException]:

@@ -302,7 +302,7 @@ def impaired_call(
 ) -> dict:
     """Run the signaling server and two ``iwcodec call`` peers across ``lab``'s link."""
     input_path = input_path or ROOT / "iwcodec" / "samples" / "sample.mp4"
-    port, token = 8765, "netlab"
+    port, token = 8765, "netlab-call-token"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "IWCODEC_TOKEN": token}
     py = sys.executable
     server = lab.popen(
