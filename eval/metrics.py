@@ -23,19 +23,20 @@ Clip values of SSIM, MS-SSIM, LPIPS, LPIPS(vgg) and DISTS are plain means over f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from pytorch_msssim import ms_ssim, ssim
+from torch import nn
 
 from codec.perceptual import DISTS, LPIPS
 from eval.akd import akd
 from iwcodec.errors import InputError
 
 MAX_MS_SSIM_WIN = 11
-PER_FRAME_METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "dists")
 
 
 def as_uint8_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -83,29 +84,38 @@ def ms_ssim_window(height: int, width: int) -> int:
     raise InputError(f"frames of {height}x{width} px are too small for MS-SSIM (need > 32 px)")
 
 
+#: The perceptual metrics, by the name their values take in results.
+SCORER_METRICS: tuple[str, ...] = ("lpips", "lpips_vgg", "dists")
+_SCORER_NETS: dict[str, Callable[[], nn.Module]] = {
+    "lpips": lambda: LPIPS("alex", inputs="[0,1]"),
+    "lpips_vgg": lambda: LPIPS("vgg", inputs="[0,1]"),
+    "dists": DISTS,
+}
+
+
 @dataclass(frozen=True)
 class Scorers:
-    """The frozen perceptual networks a scoring run loads once: LPIPS(alex), LPIPS(vgg), DISTS."""
+    """The frozen perceptual networks a scoring run loads once, by metric name (a subset of
+    :data:`SCORER_METRICS`: a caller that reports LPIPS(alex) only loads and runs only it)."""
 
-    lpips_alex: LPIPS
-    lpips_vgg: LPIPS
-    dists: DISTS
+    nets: dict[str, nn.Module]
 
     @classmethod
-    def load(cls, device: str | torch.device = "cpu") -> Scorers:
-        return cls(
-            LPIPS("alex", inputs="[0,1]").to(device),
-            LPIPS("vgg", inputs="[0,1]").to(device),
-            DISTS().to(device),
-        )
+    def load(
+        cls, device: str | torch.device = "cpu", metrics: Sequence[str] = SCORER_METRICS
+    ) -> Scorers:
+        unknown = sorted(set(metrics) - set(_SCORER_NETS))
+        if unknown or not metrics:
+            raise ValueError(f"perceptual metrics are some of {SCORER_METRICS}, got {metrics}")
+        return cls({m: _SCORER_NETS[m]().to(device) for m in metrics})
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.nets.values())).scaling.shift.device
 
     def __call__(self, ref: torch.Tensor, test: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ref, test (B, 3, H, W) in [0, 1] -> {"lpips", "lpips_vgg", "dists"}: (B,) each."""
-        return {
-            "lpips": self.lpips_alex(ref, test),
-            "lpips_vgg": self.lpips_vgg(ref, test),
-            "dists": self.dists(ref, test),
-        }
+        """ref, test (B, 3, H, W) in [0, 1] -> {metric: (B,)} for each loaded network."""
+        return {m: net(ref, test) for m, net in self.nets.items()}
 
 
 def _to_float(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -124,12 +134,13 @@ def image_metrics_per_frame(
     """PSNR, SSIM, MS-SSIM, LPIPS(alex), LPIPS(vgg), DISTS per frame of two (T, H, W, 3)
     uint8 clips.
 
-    Returns {"psnr", "ssim", "ms_ssim", "lpips", "lpips_vgg", "dists"}: (T,) float64 each.
+    Returns {"psnr", "ssim", "ms_ssim"} and one entry per network of ``scorers`` (default:
+    all of :data:`SCORER_METRICS`): (T,) float64 each.
     """
     device = torch.device(device)
     scorers = scorers if scorers is not None else Scorers.load(device)
     win = ms_ssim_window(*ref.shape[1:3])
-    out: dict[str, list[np.ndarray]] = {k: [] for k in PER_FRAME_METRICS if k != "psnr"}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("ssim", "ms_ssim", *scorers.nets)}
     for start in range(0, len(ref), batch_size):
         r = _to_float(ref[start : start + batch_size], device)  # (b, 3, H, W)
         t = _to_float(test[start : start + batch_size], device)
@@ -168,7 +179,8 @@ def compute_metrics(
     scorers: optional perceptual networks (:class:`Scorers`) to reuse across calls.
 
     Returns a dict with the clip values ``frames, psnr, psnr_inf_frames, ssim, ms_ssim,
-    ms_ssim_win, lpips, lpips_vgg, dists`` and, with AKD, ``akd, akd_frames, akd_no_face_ref, akd_no_face_test``
+    ms_ssim_win``, one per network of ``scorers`` (default: ``lpips, lpips_vgg, dists``) and,
+    with AKD, ``akd, akd_frames, akd_no_face_ref, akd_no_face_test``
     (plain Python numbers, JSON-ready), plus ``per_frame``: a dict of (T,) float64 numpy arrays
     with the same metric names (``akd`` NaN where a side has no face).
     """
@@ -184,9 +196,7 @@ def compute_metrics(
         "ssim": float(per_frame["ssim"].mean()),
         "ms_ssim": float(per_frame["ms_ssim"].mean()),
         "ms_ssim_win": ms_ssim_window(*ref.shape[1:3]),
-        "lpips": float(per_frame["lpips"].mean()),
-        "lpips_vgg": float(per_frame["lpips_vgg"].mean()),
-        "dists": float(per_frame["dists"].mean()),
+        **{m: float(per_frame[m].mean()) for m in SCORER_METRICS if m in per_frame},
     }
     if with_akd:
         a = akd(ref, test, ref_landmarks)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--every must be at least 1")
     device = torch.device(args.device)
     model = load_model(args.weights, device=device)
-    scorers = Scorers.load(device)
+    scorers = Scorers.load(device, metrics=("lpips",))  # METRICS reports LPIPS(alex) only
     result = {
         "weights": str(model.weights_path),
         "weights_id": model.weights_id.hex(),

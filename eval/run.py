@@ -253,13 +253,13 @@ def keyframe_fidelity(
             frames.append(unit.frame_index)
     if not pictures:
         raise IWCodecError(f"{stream}: no keyframe to score")
-    device = scorers.lpips_alex.lins[0].weight.device
+    device = scorers.device
     pics = np.stack(pictures)  # (N, S, S, 3)
 
     def pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         ta, tb = (torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float() / 255 for x in (a, b))
         with torch.inference_mode():
-            lp = float(scorers.lpips_alex(ta, tb).mean())
+            lp = float(scorers.nets["lpips"](ta, tb).mean())
         psnr = psnr_per_frame(a, b)
         return float(np.mean(np.minimum(psnr, 100.0))), lp  # identical pictures count as 100 dB
 

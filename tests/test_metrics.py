@@ -92,6 +92,21 @@ def test_float_tensor_input_matches_uint8() -> None:
         assert a[key] == pytest.approx(b[key], rel=1e-6)
 
 
+def test_a_subset_of_scorers_scores_only_its_metrics() -> None:
+    """A caller that reports LPIPS(alex) only loads and runs only AlexNet; its values equal
+    the full set's."""
+    from eval.metrics import Scorers
+
+    ref, test = _clip(), _noisy(_clip(), 8.0)
+    only = Scorers.load(metrics=("lpips",))
+    assert list(only.nets) == ["lpips"] and only.device == torch.device("cpu")
+    a = compute_metrics(ref, test, with_akd=False, scorers=only)
+    assert "lpips_vgg" not in a and "dists" not in a
+    assert a["lpips"] == pytest.approx(compute_metrics(ref, test, with_akd=False)["lpips"])
+    with pytest.raises(ValueError, match="perceptual metrics"):
+        Scorers.load(metrics=("lpips", "fid"))
+
+
 def test_bad_inputs() -> None:
     ref = _clip()
     with pytest.raises(InputError):

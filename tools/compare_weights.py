@@ -46,7 +46,9 @@ def self_reconstruction(model, frames: np.ndarray, device: torch.device) -> np.n
     )
 
 
-def score_clip(model, frames: np.ndarray, every: int, device: torch.device, lpips: Scorers) -> dict:
+def score_clip(
+    model, frames: np.ndarray, every: int, device: torch.device, scorers: Scorers
+) -> dict:
     """{run: {metric: mean over the scored frames}, "frames": n} for one clip."""
     scored = np.arange(0, len(frames), every)
     ref = frames[scored]
@@ -57,7 +59,7 @@ def score_clip(model, frames: np.ndarray, every: int, device: torch.device, lpip
         else:
             sources = source_indices(len(frames), int(run[0]))
             pred = reconstruct_clip(model, frames, sources, device, targets=scored)
-        m = image_metrics_per_frame(ref, pred, device, scorers=lpips)
+        m = image_metrics_per_frame(ref, pred, device, scorers=scorers)
         out[run] = {
             "psnr": mean_finite_psnr(m["psnr"]),
             "ssim": float(m["ssim"].mean()),
@@ -92,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"not in {args.cache}: {', '.join(missing)}")
         clips = [c for c in clips if c.name in wanted]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lpips = Scorers.load(device)
+    scorers = Scorers.load(device, metrics=("lpips",))  # the table reports LPIPS(alex)
     result = {"cache": str(args.cache), "every": args.every, "device": device.type, "weights": {}}
     print(f"| weights | {' | '.join(f'{r} PSNR / SSIM / LPIPS' for r in RUNS)} |")
     print("|---|" + "---|" * len(RUNS))
     for path in args.weights:
         model = load_model(path, device=device)
         per_clip = {
-            c.name: score_clip(model, np.asarray(c.frames), args.every, device, lpips)
+            c.name: score_clip(model, np.asarray(c.frames), args.every, device, scorers)
             for c in clips
         }
         mean = weighted_mean(per_clip)
