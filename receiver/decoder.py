@@ -225,9 +225,8 @@ class Decoder:
         params: the stream's parameter unit.
         first_index: index the stream starts at (0 for files; ``None`` joins a call late).
         batch_size: frames per render call (``None``: :func:`default_batch_size`).
-        max_gap: most frames one loss may span before the stream is refused (bounds the
-            output of a forged index; ``None``: no bound).
-        budget: bound on all lost frames of a file (``bitstream.budget.FrameBudget``);
+        budget: bound on lost frames, per run and in all, of a file
+            (``bitstream.budget.FrameBudget``: it bounds the output of a forged index);
             ``None`` in a call, where loss is a matter of the network.
 
     Every frame index from the first to the last one seen comes out exactly once: rendered, or
@@ -241,7 +240,6 @@ class Decoder:
         *,
         first_index: int | None = 0,
         batch_size: int | None = None,
-        max_gap: int | None = None,
         budget: FrameBudget | None = None,
     ) -> None:
         check_stream(model, params)
@@ -249,7 +247,6 @@ class Decoder:
         self.params = params
         self.device = device_of(model)
         self.batch_size = check_batch_size(batch_size, self.device)
-        self.max_gap = max_gap
         self.budget = budget
         self.stats = DecodeStats(params.width, params.height, params.fps)
         self._keypoints = KeypointDecoder(
@@ -341,12 +338,6 @@ class Decoder:
         """Render ``frames`` and hold ``lost`` indices, all in index order."""
         frames = list(frames)
         lost = sorted((r for r in lost if len(r)), key=lambda r: r.start)
-        for r in lost:
-            if self.max_gap is not None and len(r) > self.max_gap:
-                raise BitstreamError(
-                    f"the stream skips {len(r)} frames ({r.start}..{r.stop - 1}), more than "
-                    f"{self.max_gap}: it is too damaged or not a real stream"
-                )
         # KeypointDecoder reports lost frames before the unit's own (a gap), or instead of them.
         out: list[DecodedFrame] = []
         for r in lost:
