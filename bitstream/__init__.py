@@ -17,13 +17,16 @@ from bitstream.keypoints import (
     KeypointEncoder,
     encode_track,
 )
+from bitstream.pacing import KeyframePacer
 from bitstream.quant import CANDIDATE_STEPS, dequantize, quantize, reconstruct
 from bitstream.stream import StreamWriter, UnitRecord, read_units, scan_stream
 from bitstream.units import (
     EndUnit,
+    Fill,
     ImageCodec,
     KeyframeUnit,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     Predictor,
     Unit,
@@ -42,12 +45,15 @@ __all__ = [
     "DecodeResult",
     "EndUnit",
     "EntropyModel",
+    "Fill",
     "ImageCodec",
+    "KeyframePacer",
     "KeyframeUnit",
     "KeypointDecoder",
     "KeypointEncoder",
     "KeypointFrame",
     "KeypointUnit",
+    "NoFaceUnit",
     "ParamsUnit",
     "Predictor",
     "StreamWriter",

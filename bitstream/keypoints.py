@@ -34,7 +34,7 @@ from bitstream.errors import BitstreamWarning
 from bitstream.frame import KeypointFrame
 from bitstream.predict import frame_shift, predict
 from bitstream.quant import dequantize, quantize, steps_vector
-from bitstream.units import MAX_UNIT_FRAMES, KeypointUnit, ParamsUnit
+from bitstream.units import MAX_UNIT_FRAMES, KeypointUnit, NoFaceUnit, ParamsUnit
 from iwcodec.errors import BitstreamError, ModelMismatchError
 
 #: Frames per keypoint unit in files: 1 s at 30 fps keeps framing + coder flush under 5%.
@@ -240,10 +240,13 @@ class DecodeResult:
             (units that never arrived or were damaged) and, when the chain was broken and this
             is not a resync unit, this unit's own frames. Ranges, not lists, so a hostile index
             jump costs no memory.
+        no_face: frames of a NO_FACE unit (:meth:`KeypointDecoder.skip`): coded, with nothing
+            to rebuild.
     """
 
     frames: tuple[KeypointFrame, ...]
     lost: tuple[range, ...] = ()
+    no_face: range = range(0)
 
     @property
     def num_lost(self) -> int:
@@ -270,6 +273,7 @@ class KeypointDecoder:
         self._chain = _Chain(params, model)
         self._next_index = first_index
         self._intact = False
+        self._face_gone = False  # a NO_FACE unit came last: the next unit is a resync unit
 
     @property
     def params(self) -> ParamsUnit:
@@ -282,24 +286,15 @@ class KeypointDecoder:
 
     @property
     def needs_resync(self) -> bool:
-        """True while only a resync unit can be decoded (ask the sender for one)."""
-        return not self._intact
+        """True while only a resync unit can be decoded (ask the sender for one). False
+        after a NO_FACE unit: the sender starts the next face with a resync unit anyway."""
+        return not self._intact and not self._face_gone
 
     def decode(self, unit: KeypointUnit) -> DecodeResult:
-        lost: list[range] = []
-        expected = self._next_index
-        if expected is not None and unit.first_index < expected:
-            warnings.warn(
-                f"keypoint unit for frames {unit.first_index}..{unit.indices[-1]} arrived after "
-                f"frame {expected - 1} was due; ignored",
-                BitstreamWarning,
-                stacklevel=2,
-            )
+        lost = self._advance(unit, "keypoint unit")
+        if lost is None:
             return DecodeResult(())
-        if expected is not None and unit.first_index > expected:
-            lost.append(range(expected, unit.first_index))
-            self._intact = False
-        self._next_index = unit.first_index + unit.count
+        self._face_gone = False
         if unit.resync or self._intact:
             try:
                 frames = self._decode_payload(unit)
@@ -315,6 +310,38 @@ class KeypointDecoder:
         lost.append(unit.indices)
         self._warn_lost(lost, "waiting for a resync unit")
         return DecodeResult((), tuple(lost))
+
+    def skip(self, unit: NoFaceUnit) -> DecodeResult:
+        """Frames without a face: nothing to decode; the chain ends here (the sender's next
+        keypoint unit is a resync unit)."""
+        lost = self._advance(unit, "no-face unit")
+        if lost is None:
+            return DecodeResult(())
+        if lost:
+            self._warn_lost(lost, "missing units")
+        self._intact = False
+        self._face_gone = True
+        return DecodeResult((), tuple(lost), unit.indices)
+
+    def _advance(self, unit: KeypointUnit | NoFaceUnit, what: str) -> list[range] | None:
+        """Move the expected index past ``unit``; the gap before it is lost (and breaks the
+        chain). None for a unit that starts before the expected index (late or duplicate)."""
+        lost: list[range] = []
+        expected = self._next_index
+        if expected is not None and unit.first_index < expected:
+            warnings.warn(
+                f"{what} for frames {unit.first_index}..{unit.indices[-1]} arrived after "
+                f"frame {expected - 1} was due; ignored",
+                BitstreamWarning,
+                stacklevel=3,
+            )
+            return None
+        if expected is not None and unit.first_index > expected:
+            lost.append(range(expected, unit.first_index))
+            self._intact = False
+            self._face_gone = False
+        self._next_index = unit.first_index + unit.count
+        return lost
 
     def finish(self, total_frames: int) -> DecodeResult:
         """Report frames lost after the last unit, given the end unit's frame count."""

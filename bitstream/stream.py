@@ -31,6 +31,7 @@ from bitstream.units import (
     EndUnit,
     KeyframeUnit,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     RawUnit,
     Unit,
@@ -73,7 +74,7 @@ class StreamWriter:
             raise BitstreamError("a stream must start with its parameter unit")
         if isinstance(unit, EndUnit):
             self._finished = True
-        elif isinstance(unit, KeypointUnit):
+        elif isinstance(unit, (KeypointUnit, NoFaceUnit)):
             self.total_frames = max(self.total_frames, unit.first_index + unit.count)
         elif isinstance(unit, KeyframeUnit):
             self.total_keyframes += 1

@@ -55,6 +55,14 @@ class UnitType(IntEnum):
     KEYFRAME = 2
     KEYPOINTS = 3
     END = 4
+    NO_FACE = 5
+
+
+class Fill(IntEnum):
+    """What a receiver shows for frames without a face (a NO_FACE unit): the sender's choice."""
+
+    BLANK = 0  # a black picture
+    HOLD = 1  # the last picture shown (black when there is none yet)
 
 
 class ImageCodec(IntEnum):
@@ -80,6 +88,7 @@ MAX_BODY = {
     UnitType.KEYFRAME: MAX_KEYFRAME_BYTES + 32,
     UnitType.KEYPOINTS: MAX_KEYPOINT_BODY,
     UnitType.END: 32,
+    UnitType.NO_FACE: 16 + 8 * MAX_UNIT_FRAMES,
 }
 MAX_BODY_UNKNOWN = 16 * 2**20
 
@@ -384,6 +393,37 @@ _FLAG_RESYNC = 0x01
 _FLAG_EXPLICIT_PTS = 0x02
 
 
+def _set_pts(unit: KeypointUnit | NoFaceUnit, what: str) -> None:
+    """Check a unit's optional per-frame timestamps: one per frame, strictly increasing."""
+    if unit.pts is None:
+        return
+    pts = tuple(_check_range(what, "pts", p, -MAX_ABS_PTS, MAX_ABS_PTS) for p in unit.pts)
+    if len(pts) != unit.count:
+        raise BitstreamError(f"{what}: {len(pts)} timestamps for {unit.count} frames")
+    if any(b <= a for a, b in zip(pts, pts[1:])):
+        raise BitstreamError(f"{what}: timestamps must increase")
+    object.__setattr__(unit, "pts", pts)
+
+
+def _frame_pts(pts: tuple[int, ...] | None, indices: range, params: ParamsUnit) -> tuple[int, ...]:
+    return pts if pts is not None else tuple(params.nominal_pts(i) for i in indices)
+
+
+def _pts_bytes(pts: tuple[int, ...] | None) -> bytes:
+    """EXPLICIT_PTS timestamps: the first as svarint, then the (positive) deltas as uvarints."""
+    if pts is None:
+        return b""
+    deltas = (encode_uvarint(b - a) for a, b in zip(pts, pts[1:]))
+    return encode_svarint(pts[0]) + b"".join(deltas)
+
+
+def _read_pts(r: Reader, count: int) -> tuple[int, ...]:
+    values = [r.svarint("first pts", MAX_ABS_PTS)]
+    for _ in range(count - 1):
+        values.append(values[-1] + r.uvarint("pts delta", 2 * MAX_ABS_PTS))
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class KeypointUnit:
     """Entropy-coded keypoints of ``count`` consecutive frames.
@@ -419,13 +459,7 @@ class KeypointUnit:
             raise BitstreamError(f"{w}: needs 1..{MAX_REFS} keyframe refs, got {len(refs)}")
         object.__setattr__(self, "refs", refs)
         object.__setattr__(self, "resync", bool(self.resync))
-        if self.pts is not None:
-            pts = tuple(_check_range(w, "pts", p, -MAX_ABS_PTS, MAX_ABS_PTS) for p in self.pts)
-            if len(pts) != self.count:
-                raise BitstreamError(f"{w}: {len(pts)} timestamps for {self.count} frames")
-            if any(b <= a for a, b in zip(pts, pts[1:])):
-                raise BitstreamError(f"{w}: timestamps must increase")
-            object.__setattr__(self, "pts", pts)
+        _set_pts(self, w)
         if not isinstance(self.payload, bytes) or len(self.payload) > MAX_KEYPOINT_BODY:
             raise BitstreamError(f"{w}: payload must be bytes of at most {MAX_KEYPOINT_BODY}")
 
@@ -434,9 +468,7 @@ class KeypointUnit:
         return range(self.first_index, self.first_index + self.count)
 
     def frame_pts(self, params: ParamsUnit) -> tuple[int, ...]:
-        if self.pts is not None:
-            return self.pts
-        return tuple(params.nominal_pts(i) for i in self.indices)
+        return _frame_pts(self.pts, self.indices, params)
 
     def to_bytes(self) -> bytes:
         flags = (_FLAG_RESYNC if self.resync else 0) | (
@@ -448,11 +480,9 @@ class KeypointUnit:
             encode_uvarint(self.count),
             bytes([len(self.refs)]),
             *(encode_uvarint(ref) for ref in self.refs),
+            _pts_bytes(self.pts),
+            self.payload,
         ]
-        if self.pts is not None:
-            parts.append(encode_svarint(self.pts[0]))
-            parts.extend(encode_uvarint(b - a) for a, b in zip(self.pts, self.pts[1:]))
-        parts.append(self.payload)
         return frame_unit(self.TYPE, b"".join(parts))
 
     @classmethod
@@ -471,12 +501,7 @@ class KeypointUnit:
         if not 1 <= num_refs <= MAX_REFS:
             raise r.fail(f"number of refs {num_refs} is out of range [1, {MAX_REFS}]")
         refs = tuple(r.uvarint("keyframe ref", MAX_ID) for _ in range(num_refs))
-        pts = None
-        if flags & _FLAG_EXPLICIT_PTS:
-            values = [r.svarint("first pts", MAX_ABS_PTS)]
-            for _ in range(count - 1):
-                values.append(values[-1] + r.uvarint("pts delta", 2 * MAX_ABS_PTS))
-            pts = tuple(values)
+        pts = _read_pts(r, count) if flags & _FLAG_EXPLICIT_PTS else None
         payload = r.take(r.remaining, "payload")
         return cls(first_index, count, refs, bool(flags & _FLAG_RESYNC), pts, payload)
 
@@ -511,13 +536,86 @@ class EndUnit:
         return cls(total_frames, total_keyframes)
 
 
-Unit = Union[ParamsUnit, KeyframeUnit, KeypointUnit, EndUnit]  # noqa: UP007
+@dataclass(frozen=True)
+class NoFaceUnit:
+    """Frames in which the sender found no face: nothing is rebuilt for them.
+
+    The receiver shows ``fill`` for each (docs/bitstream.md 3.5) instead of rendering a face
+    from a keyframe that is not in the picture. The keypoint unit that follows a NO_FACE unit
+    starts a new chain (it is a resync unit), normally right after a new keyframe.
+
+    Attributes:
+        first_index: index of the first frame.
+        count: number of frames (1..1024).
+        fill: what to show (:class:`Fill`).
+        pts: per-frame timestamps, or ``None`` for the nominal ones (as in a keypoint unit).
+    """
+
+    TYPE: ClassVar[UnitType] = UnitType.NO_FACE
+
+    first_index: int
+    count: int
+    fill: Fill = Fill.BLANK
+    pts: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        w = "no-face unit"
+        _set_int(self, w, "first_index", 0, MAX_FRAME_INDEX)
+        _set_int(self, w, "count", 1, MAX_UNIT_FRAMES, "frame count")
+        if self.first_index + self.count - 1 > MAX_FRAME_INDEX:
+            raise BitstreamError(f"{w}: frame indices run past {MAX_FRAME_INDEX}")
+        try:
+            object.__setattr__(self, "fill", Fill(self.fill))
+        except ValueError:
+            raise BitstreamError(f"{w}: unknown fill {self.fill!r}") from None
+        _set_pts(self, w)
+
+    @property
+    def indices(self) -> range:
+        return range(self.first_index, self.first_index + self.count)
+
+    def frame_pts(self, params: ParamsUnit) -> tuple[int, ...]:
+        return _frame_pts(self.pts, self.indices, params)
+
+    def to_bytes(self) -> bytes:
+        flags = _FLAG_EXPLICIT_PTS if self.pts is not None else 0
+        body = (
+            bytes([flags])
+            + encode_uvarint(self.first_index)
+            + encode_uvarint(self.count)
+            + bytes([int(self.fill)])
+            + _pts_bytes(self.pts)
+        )
+        return frame_unit(self.TYPE, body)
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> tuple[NoFaceUnit, memoryview]:
+        return _parse_typed(cls, data)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> NoFaceUnit:
+        r = Reader(body, "no-face unit")
+        flags = r.u8("flags")
+        if flags & ~_FLAG_EXPLICIT_PTS:
+            raise r.fail(f"unknown flags 0x{flags:02x}")
+        first_index = r.uvarint("first_index", MAX_FRAME_INDEX)
+        count = r.uvarint("frame count", MAX_UNIT_FRAMES)
+        fill = r.u8("fill")
+        if fill not in Fill.__members__.values():
+            raise r.fail(f"unknown fill {fill}")
+        pts = _read_pts(r, count) if flags & _FLAG_EXPLICIT_PTS else None
+        _no_trailing(r)
+        return cls(first_index, count, Fill(fill), pts)
+
+
+Unit = Union[ParamsUnit, KeyframeUnit, KeypointUnit, NoFaceUnit, EndUnit]  # noqa: UP007
 
 UNIT_CLASSES: dict[UnitType, type] = {
     UnitType.PARAMS: ParamsUnit,
     UnitType.KEYFRAME: KeyframeUnit,
     UnitType.KEYPOINTS: KeypointUnit,
     UnitType.END: EndUnit,
+    UnitType.NO_FACE: NoFaceUnit,
 }
 
 

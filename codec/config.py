@@ -117,11 +117,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """Config from a stored dict. A refinement (GROWTH_FIELDS) that the dict does not name
+        did not exist when it was written, so it is off, whatever today's default is."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        d = dict(d)
+        d = {f: False for f in GROWTH_FIELDS} | dict(d)
         if "decoder_channels" in d:
             d["decoder_channels"] = tuple(d["decoder_channels"])
         return cls(**d)

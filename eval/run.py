@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -47,11 +48,12 @@ from tqdm import tqdm
 
 from bitstream import KeyframeUnit, read_units
 from codec.model import ImplicitWarpingModel
-from eval.akd import face_landmarks
+from eval.akd import akd_from_landmarks, face_landmarks
 from eval.classic import encode_decode
 from eval.metrics import Scorers, compute_metrics, psnr_per_frame
 from eval.operating_points import (
     IWCODEC,
+    KEYFRAME_ONLY,
     ClassicPoint,
     KeyframeOnlyPoint,
     OurPoint,
@@ -71,11 +73,12 @@ from iwcodec.errors import InputError, IWCodecError
 from receiver.decoder import DecodeOptions, decode_frames
 from receiver.keyframe import decode_keyframe
 from sender.cache import clip_names, sha256_of
+from sender.crop import iter_crops
 from sender.encoder import crop_input, encode_frames, write_atomically
-from sender.keyframe import encode_keyframe
+from sender.keyframe import encode_keyframe, parse_codec
 
 RUN_FILE = "run.json"
-CLIP_CACHE_VERSION = 1
+CLIP_CACHE_VERSION = 2  # 2: boxes.npy and the crops' digest
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,14 @@ def prepare_clip(
     with_akd: bool = True,
 ) -> PreparedClip:
     """Face crops (and their landmarks) of one clip, from the cache when it matches the file's
-    hash and the settings, else computed and cached."""
+    hash and the settings, else computed and cached.
+
+    The cache folder ``cache_dir/name`` holds ``crops.npy`` (T, S, S, 3) uint8,
+    ``boxes.npy`` (T, 3) float32 (the squares cut from the source, ``sender.crop``),
+    ``landmarks.npy`` and ``meta.json`` (settings, the crops' SHA-256). Without
+    ``crops.npy`` the crops are cut again from the source at the stored boxes and must match
+    the digest: so a cache can travel without its crops (a few KB per clip instead of 200 KB
+    per frame) to a machine that has no face detector, and score exactly the same pixels."""
     path = Path(path)
     sha = sha256_of(path)
     folder = cache_dir / name
@@ -173,15 +183,21 @@ def prepare_clip(
         "max_frames": max_frames,
     }
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if {k: meta.get(k) for k in settings} != settings or not (folder / "crops.npy").is_file():
+    crops_path, boxes_path = folder / "crops.npy", folder / "boxes.npy"
+    if {k: meta.get(k) for k in settings} != settings or not (
+        crops_path.is_file() or boxes_path.is_file()
+    ):
         clip = crop_input(path, size, max_frames)
         folder.mkdir(parents=True, exist_ok=True)
-        _save_npy(folder / "crops.npy", clip.frames)
+        _save_npy(crops_path, clip.frames)
+        _save_npy(boxes_path, clip.boxes)
         (folder / "landmarks.npy").unlink(missing_ok=True)
         meta = {**settings, "fps": [clip.fps.numerator, clip.fps.denominator]}
-        meta.update(frames=len(clip.frames), source=str(path))
+        meta.update(frames=len(clip.frames), source=str(path), crops_sha256=_digest(clip.frames))
         write_json_atomically(meta_path, meta)
-    frames = np.load(folder / "crops.npy")
+    elif not crops_path.is_file():
+        _save_npy(crops_path, recut_crops(path, np.load(boxes_path), size, meta["crops_sha256"]))
+    frames = np.load(crops_path)
     landmarks = None
     if with_akd:
         lm_path = folder / "landmarks.npy"
@@ -191,6 +207,25 @@ def prepare_clip(
             landmarks = face_landmarks(frames)  # (T, 478, 2)
             _save_npy(lm_path, landmarks)
     return PreparedClip(name, str(path), sha, frames, Fraction(*meta["fps"]), landmarks)
+
+
+def _digest(frames: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frames).data).hexdigest()
+
+
+def recut_crops(path: Path, boxes: np.ndarray, size: int, digest: str) -> np.ndarray:
+    """The crops of ``path`` cut again at ``boxes`` (T, 3); IWCodecError unless they are the
+    very pixels whose SHA-256 is ``digest`` (another FFmpeg build can decode differently)."""
+    frames = np.empty((len(boxes), size, size, 3), np.uint8)
+    n = 0
+    for n, (_, crop) in enumerate(iter_crops(path, boxes, size), start=1):
+        frames[n - 1] = crop
+    if n != len(boxes) or _digest(frames) != digest:
+        raise IWCodecError(
+            f"{path}: the crops cut again from the stored boxes differ from the cached ones "
+            f"({n} of {len(boxes)} frames); delete the clip's cache folder to start afresh"
+        )
+    return frames
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -645,6 +680,72 @@ def _run_locked(
     return EvalRun(store.records, len(todo) - len(failures), skipped, failures)
 
 
+def add_akd(
+    out_dir: str | Path,
+    clips: Sequence[str | Path],
+    model: ImplicitWarpingModel,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Fill in AKD where a run was made without it (``--no-akd``, e.g. on a GPU machine that
+    has no MediaPipe): our points from the streams the run kept, the keyframe-only baseline
+    by coding its keyframes again (checked against the recorded sizes). Classic codecs'
+    records are left without AKD (their output is not kept). Returns records updated.
+
+    Needs the clips' crop cache (``out_dir/work/clips``, made here if absent)."""
+    out_dir = Path(out_dir)
+    store = ResultStore(out_dir)
+    by_name = dict(zip(clip_names([Path(c) for c in clips]), clips))
+    todo = [r for r in store.records if r.get("akd") is None]
+    updated = 0
+    prepared: dict[str, PreparedClip] = {}
+    for record in todo:
+        name = record["clip"]
+        if name not in by_name:
+            raise InputError(f"{out_dir}: no clip named {name} among the inputs")
+        if name not in prepared:
+            prepared = {
+                name: prepare_clip(
+                    by_name[name], name, model.cfg.image_size, out_dir / "work" / "clips"
+                )
+            }
+        clip = prepared[name]
+        if record["codec"] == KEYFRAME_ONLY:
+            params = record["params"]
+            point = KeyframeOnlyPoint(
+                parse_codec(params["keyframe_codec"]),
+                params["keyframe_quality"],
+                params["keyframes"],
+            )
+            out = run_keyframe_only(point, clip)
+            if out.fields["keyframe_bytes"] != record["keyframe_bytes"]:
+                raise IWCodecError(f"{record['key']} on {name}: the keyframes coded again differ")
+            decoded = out.decoded
+        elif record.get("stream"):
+            decoded, _ = decode_frames(
+                out_dir / record["stream"], model, DecodeOptions(progress=False)
+            )
+        else:
+            continue
+        result = akd_from_landmarks(clip.landmarks, face_landmarks(decoded))
+        record.update(
+            akd=json_number(result.mean),
+            akd_frames=result.frames,
+            akd_no_face_ref=result.no_face_ref,
+            akd_no_face_test=result.no_face_test,
+        )
+        if record.get("per_frame"):
+            path = out_dir / record["per_frame"]
+            arrays = dict(np.load(path)) | {"akd": result.per_frame.astype(np.float32)}
+            tmp = path.with_name(f".{path.stem}.part.npz")
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+        write_json_atomically(store.path, store.records)
+        updated += 1
+        log(f"{record['key']} {name}: AKD {result.mean:.2f} px")
+    write_report(out_dir)
+    return updated
+
+
 def _fmt(x: float | None) -> str:
     return "inf" if x is None else f"{x:.2f}"
 
@@ -659,6 +760,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
 
 __all__ = [
     "EvalConfig",
+    "add_akd",
     "EvalRun",
     "JobOutput",
     "PreparedClip",

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-frames", type=_frames, default=None, help="encode only the first N frames"
     )
     p.add_argument(
+        "--no-face",
+        choices=("blank", "hold"),
+        default="blank",
+        help="what the receiver shows where the clip has no face: a black frame (default) or "
+        "the last picture (docs/bitstream.md 3.5)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="write even where the output is the input or has another kind's extension",
@@ -217,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only",
         action="store_true",
         help="only rewrite summary.md, HEADLINE.md and the plots from DIR/results.json",
+    )
+    p.add_argument(
+        "--add-akd",
+        action="store_true",
+        help="fill in AKD for DIR's records made with --no-akd (ours from the kept streams, "
+        "the keyframe-only baseline coded again), then rewrite the report",
     )
     _model_options(p)
 
@@ -354,7 +367,7 @@ def load(args: argparse.Namespace):
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from bitstream import CANDIDATE_STEPS
+    from bitstream import CANDIDATE_STEPS, Fill
     from sender.encoder import EncodeOptions, encode_file
     from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting, parse_codec
 
@@ -375,6 +388,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         xy_steps=xy,
         s_steps=s,
         max_frames=args.max_frames,
+        no_face=Fill[args.no_face.upper()],
         progress=not args.quiet,
     )
     stats = encode_file(args.input, args.output, load(args), options)
@@ -424,6 +438,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for path in write_report(args.out):
             print(path)
         return 0
+    from sender.cache import find_videos
+
+    if args.add_akd:
+        from eval.run import add_akd
+
+        updated = add_akd(args.out, find_videos(args.clips), load(args), print)
+        print(f"{args.out}: AKD added to {updated} records; summary in {args.out / 'summary.md'}")
+        return 0
     from codec.weights import DEFAULT_WEIGHTS
     from eval.classic import CODECS, MODES
     from eval.operating_points import (
@@ -431,7 +453,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         DEFAULT_TARGETS_KBPS,
         plan_from_names,
     )
-    from sender.cache import find_videos
 
     clips = find_videos(args.clips)
     if not clips:

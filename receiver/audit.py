@@ -22,6 +22,7 @@ from bitstream import (
     KeyframeUnit,
     KeypointDecoder,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     Unit,
 )
@@ -80,6 +81,7 @@ class StreamAudit:
         self.usable_keyframes = 0
         self.bad_keyframes = 0
         self.indexed_frames = 0  # frames the units' indices reach, decoded or not
+        self.no_face = 0  # frames of NO_FACE units (shown without a keyframe)
         self.end: EndUnit | None = None
         self.problem: BitstreamError | None = None
 
@@ -101,7 +103,7 @@ class StreamAudit:
 
     def add(self, unit: Unit) -> None:
         """Take the next unit; after the first problem, units are only counted."""
-        if isinstance(unit, KeypointUnit):
+        if isinstance(unit, (KeypointUnit, NoFaceUnit)):
             self.indexed_frames = max(self.indexed_frames, unit.first_index + unit.count)
         elif isinstance(unit, EndUnit):
             self.end = unit
@@ -123,13 +125,17 @@ class StreamAudit:
         elif isinstance(unit, KeypointUnit) and self._keypoints is not None:
             result = self._keypoints.decode(unit)
             self.budget.add(len(result.frames), result.lost)
+        elif isinstance(unit, NoFaceUnit) and self._keypoints is not None:
+            result = self._keypoints.skip(unit)
+            self.budget.add(len(result.no_face), result.lost)
+            self.no_face += len(result.no_face)
         elif isinstance(unit, EndUnit):
             if self._keypoints is not None:
                 self.budget.add(0, self._keypoints.finish(unit.total_frames).lost)
             if self.frames == 0:
                 raise BitstreamError("the stream holds no frames")
-            if self.usable_keyframes == 0:
-                raise nothing_to_show(self.frames)
+            if self.usable_keyframes == 0 and self.frames > self.no_face:
+                raise nothing_to_show(self.frames - self.no_face)
 
 
 __all__ = ["StreamAudit", "check_keyframe", "nothing_to_show", "warn_bad_keyframe"]

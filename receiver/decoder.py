@@ -13,7 +13,10 @@ offline decoder and a live call share it. Per stream it:
    ``torch.inference_mode`` on the model's device;
 4. shows every lost frame (damaged or missing units, a missing keyframe) as the last frame
    shown before it ("held"), counted and reported with a :class:`BitstreamWarning`, so the
-   output keeps the stream's frame count and timing.
+   output keeps the stream's frame count and timing;
+5. shows the frames of a NO_FACE unit as the sender chose (``bitstream.Fill``: a black
+   picture, or the last picture shown), never a face rendered from a keyframe that is not in
+   the picture.
 
 Files (:func:`decode_file`): a stream without its end unit is truncated, and its true length
 is unknown. The decoder then writes no output and raises :class:`TruncatedStreamError`;
@@ -41,10 +44,12 @@ from bitstream import (
     BitstreamWarning,
     EndUnit,
     EntropyModel,
+    Fill,
     KeyframeUnit,
     KeypointDecoder,
     KeypointFrame,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     TruncatedStreamError,
     Unit,
@@ -88,17 +93,19 @@ class DecodeOptions:
 @dataclass(frozen=True)
 class DecodedFrame:
     """One output picture. ``rgb`` (H, W, 3) uint8 is read-only and may be shared between held
-    frames; ``held`` marks a lost frame shown as the picture before it."""
+    frames; ``held`` marks a lost frame shown as the picture before it, ``no_face`` a frame the
+    sender found no face in (shown as its NO_FACE unit says)."""
 
     index: int
     pts: int
     rgb: np.ndarray = field(repr=False)
     held: bool = False
+    no_face: bool = False
 
 
 @dataclass
 class DecodeStats:
-    """Counts of a decode; ``frames = rendered + held``."""
+    """Counts of a decode; ``frames = rendered + held + no_face``."""
 
     width: int
     height: int
@@ -106,6 +113,7 @@ class DecodeStats:
     frames: int = 0
     rendered: int = 0
     held: int = 0
+    no_face: int = 0
     keyframes: int = 0
     bad_keyframes: int = 0
     damaged_regions: int = 0  # stretches of bytes the reader skipped
@@ -126,6 +134,8 @@ class DecodeStats:
         )
         if self.held:
             text += f"; {self.held} lost frames show the frame before them"
+        if self.no_face:
+            text += f"; {self.no_face} frames without a face"
         if self.damaged_regions:
             text += f"; {self.damaged_bytes} damaged bytes skipped"
         return text
@@ -256,6 +266,7 @@ class Decoder:
         self._pictures: dict[int, np.ndarray] = {}  # decoded keyframe images, by id
         self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
         self._last: np.ndarray | None = None  # last picture shown
+        self._black: np.ndarray | None = None  # (H, W, 3) zeros, made once
         self._waiting: list[range] = []  # frames lost before any picture existed
         self.finished = False
 
@@ -275,6 +286,11 @@ class Decoder:
             if self.budget is not None:
                 self.budget.add(len(result.frames), result.lost)
             return self._emit(result.frames, result.lost)
+        if isinstance(unit, NoFaceUnit):
+            result = self._keypoints.skip(unit)
+            if self.budget is not None:
+                self.budget.add(len(result.no_face), result.lost)
+            return self._emit((), result.lost) + self._no_face(unit, result.no_face)
         if isinstance(unit, EndUnit):
             return self.finish(unit.total_frames)
         if isinstance(unit, ParamsUnit):
@@ -345,6 +361,27 @@ class Decoder:
         if frames:
             out += self._render_frames(frames)
         return out
+
+    def _no_face(self, unit: NoFaceUnit, indices: range) -> list[DecodedFrame]:
+        """The frames of a NO_FACE unit (``indices``: all of them, or none when it came late)."""
+        if not indices:
+            return []
+        out = self._release_waiting()
+        picture = self._last if unit.fill == Fill.HOLD else None
+        if picture is None:
+            picture = self.blank()
+        self._last = picture
+        self.stats.no_face += len(indices)
+        self.stats.frames += len(indices)
+        pts = unit.frame_pts(self.params)
+        return out + [DecodedFrame(i, p, picture, no_face=True) for i, p in zip(indices, pts)]
+
+    def blank(self) -> np.ndarray:
+        """The black picture of ``Fill.BLANK``, (H, W, 3) uint8, read-only, made once."""
+        if self._black is None:
+            self._black = np.zeros((self.params.height, self.params.width, 3), np.uint8)
+            self._black.setflags(write=False)
+        return self._black
 
     def _hold(self, lost: range, refs: tuple[int, ...] | None) -> list[DecodedFrame]:
         picture = self._last
@@ -499,13 +536,13 @@ def decode_file(
     in_path, out_path = Path(in_path), Path(out_path)
     output_format(out_path)  # refuse an unknown extension before any work
     stream = StreamDecoding(in_path, model, options)
-    audit_file(in_path, options)
+    info = audit_file(in_path, options)
     p = stream.params
-    with VideoWriter(out_path, p.width, p.height, p.fps) as writer:
+    with VideoWriter(out_path, p.width, p.height, p.fps, info.explicit_pts) as writer:
         bar = tqdm(desc="decoding", unit="frame", disable=None if options.progress else True)
         try:
             for frame in stream:
-                writer.write(frame.rgb)
+                writer.write(frame.rgb, frame.pts)
                 if on_frame is not None:
                     on_frame(frame)
                 bar.update()
@@ -557,6 +594,7 @@ _TYPE_LABELS = {
     UnitType.PARAMS: "params",
     UnitType.KEYFRAME: "keyframe",
     UnitType.KEYPOINTS: "keypoints",
+    UnitType.NO_FACE: "no-face",
     UnitType.END: "end",
 }
 
@@ -574,7 +612,10 @@ class StreamInfo:
     params: ParamsUnit | None = None
     units: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TYPE_LABELS.values(), 0))
-    keypoint_frames: int = 0  # frames the indices of the keypoint units read reach
+    keypoint_frames: int = 0  # frames the indices of the keypoint and no-face units reach
+    coded_frames: int = 0  # frames carried by keypoint units (for bytes per frame)
+    explicit_pts: bool = False  # some unit carries its frames' own times (variable rate)
+    no_face_frames: int = 0  # frames carried by no-face units
     end: EndUnit | None = None
     damaged_regions: int = 0
     damaged_bytes: int = 0
@@ -635,6 +676,10 @@ class StreamInfo:
             lines.append(
                 f"lost:        {self.lost_frames} frames (held: shown as the frame before)"
             )
+        if self.no_face_frames:
+            lines.append(f"no face:     {self.no_face_frames} frames (nothing rebuilt)")
+        if self.explicit_pts:
+            lines.append("timing:      variable (the stream carries its frames' own times)")
         if self.end is not None and self.end.total_frames != self.frames:
             lines.append(f"end unit:    says {self.end.total_frames} frames")
         lines += ["", f"{'unit type':<12}{'units':>7}{'bytes':>11}{'kbps':>10}"]
@@ -655,7 +700,7 @@ class StreamInfo:
             f"{self.kbps(self.file_bytes):>10.2f}"
         )
         kp_bytes = self.bytes["keypoints"]
-        per_frame = kp_bytes / self.keypoint_frames if self.keypoint_frames else 0.0
+        per_frame = kp_bytes / self.coded_frames if self.coded_frames else 0.0
         lines += [
             "",
             f"keyframes {self.kbps(self.bytes['keyframe']):.2f} kbps + keypoints "
@@ -724,8 +769,13 @@ def _account(info: StreamInfo, at: int, size: int, unit: Unit, offset: int) -> i
     label = _TYPE_LABELS[unit.TYPE]
     info.units[label] += 1
     info.bytes[label] += size
-    if isinstance(unit, KeypointUnit):
+    if isinstance(unit, (KeypointUnit, NoFaceUnit)):
         info.keypoint_frames = max(info.keypoint_frames, unit.first_index + unit.count)
+        info.explicit_pts |= unit.pts is not None
+        if isinstance(unit, KeypointUnit):
+            info.coded_frames += unit.count
+        else:
+            info.no_face_frames += unit.count
     elif isinstance(unit, KeyframeUnit):
         name = unit.codec.name.lower()
         info.keyframe_codecs[name] = info.keyframe_codecs.get(name, 0) + 1

@@ -37,10 +37,14 @@ import numpy as np
 
 from bitstream import (
     TIMESCALE,
+    Fill,
+    KeyframePacer,
     KeyframeUnit,
     KeypointDecoder,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
+    pacing,
     parse_packet,
 )
 from codec.model import ImplicitWarpingModel
@@ -55,9 +59,6 @@ MAX_RELIABLE_BYTES = 256 * 1024
 MAX_KEYPOINT_BYTES = 8 * 1024
 #: How long frames may refer to a keyframe that has not arrived before one is asked for.
 KEYFRAME_GRACE = 2.0
-#: Keyframes closer together than this are dropped: an honest sender sends one every
-#: ``sender.call.MIN_KEYFRAME_INTERVAL`` (2 s) at most, and each costs a decode on this thread.
-MIN_KEYFRAME_SPACING = 1.0
 #: Messages waiting for the worker; beyond this a flood is dropped, not queued.
 MAX_INBOX = 1000
 LOSS_WINDOW = 3.0  # seconds over which the reported loss fraction is computed
@@ -89,6 +90,7 @@ class ReceiverStats:
     frames_decoded: int = 0
     frames_lost: int = 0
     frames_rendered: int = 0
+    frames_no_face: int = 0  # shown as the sender's fill (NO_FACE units)
     frames_skipped: int = 0  # decoded but not rendered: rendering is behind
     frames_without_keyframe: int = 0
     keyframes: int = 0
@@ -136,8 +138,12 @@ class LiveReceiver:
         self._keypoints: KeypointDecoder | None = None
         self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(MAX_INBOX)
         self._halt = threading.Event()
-        self._last_keyframe = -float("inf")
-        self._pending: deque[tuple[int, int, np.ndarray, tuple[int, ...], float]] = deque()
+        # keyframes beyond bitstream.pacing.RECEIVER are dropped (each costs a decode here)
+        self._keyframe_pacer = KeyframePacer(pacing.RECEIVER)
+        # (index, pts, keypoints (K, 3) or None for a frame without a face, refs, arrival)
+        self._pending: deque[tuple[int, int, np.ndarray | None, tuple[int, ...], float]] = deque()
+        self._no_face_fill = Fill.BLANK
+        self._shown: np.ndarray | None = None  # the last picture handed out
         self._backlog = 2
         self._thread: threading.Thread | None = None
         self._broken_since: float | None = None
@@ -237,6 +243,8 @@ class LiveReceiver:
                 self._keyframe(unit)
             elif isinstance(unit, KeypointUnit) and channel == "keypoints":
                 self._keypoint_unit(unit, t)
+            elif isinstance(unit, NoFaceUnit) and channel == "keypoints":
+                self._no_face_unit(unit, t)
             else:
                 self.stats.damaged_messages += 1  # a unit on a channel it does not belong to
 
@@ -257,11 +265,9 @@ class LiveReceiver:
         if self.decoder is None:
             self.stats.damaged_messages += 1
             return
-        now = time.monotonic()
-        if now - self._last_keyframe < MIN_KEYFRAME_SPACING:
+        if not self._keyframe_pacer.take(time.monotonic()):
             self.stats.dropped_keyframes += 1
             return
-        self._last_keyframe = now
         before = self.decoder.stats.bad_keyframes
         self.decoder.add_keyframe(unit)
         if self.decoder.stats.bad_keyframes > before:
@@ -298,6 +304,25 @@ class LiveReceiver:
         self._note_loss(t, len(result.frames), lost)
         self.needs_resync = self._keypoints.needs_resync
 
+    def _no_face_unit(self, unit: NoFaceUnit, t: float) -> None:
+        """Frames the sender found no face in: shown as the unit's fill, never rendered."""
+        if self._keypoints is None:
+            self.stats.early_units += 1
+            return
+        result = self._keypoints.skip(unit)
+        self.stats.frames_lost += result.num_lost
+        self.stats.frames_no_face += len(result.no_face)
+        if result.num_lost:
+            self._chain_broken(t)
+        self._no_face_fill = unit.fill
+        for i, pts in zip(result.no_face, unit.frame_pts(self.params)):
+            self._pending.append((i, pts, None, (), t))
+        if result.no_face:
+            self._backlog = max(2, unit.count)
+            self._last_good = t
+        self._note_loss(t, len(result.no_face), result.num_lost)
+        self.needs_resync = self._keypoints.needs_resync
+
     def _chain_broken(self, t: float) -> None:
         if self._broken_since is None:
             self._broken_since = self._last_good if self._last_good is not None else t
@@ -320,6 +345,10 @@ class LiveReceiver:
         if not self._pending or self.decoder is None:
             return
         index, pts, kp, refs, arrival = self._pending.popleft()
+        if kp is None:  # no face: the sender's fill, nothing to render
+            rgb = self._shown if self._no_face_fill == Fill.HOLD else None
+            self._hand_out(index, pts, rgb if rgb is not None else self.decoder.blank(), arrival)
+            return
         src = self.decoder.features(refs)
         if src is None:
             self.stats.frames_without_keyframe += 1
@@ -335,6 +364,10 @@ class LiveReceiver:
         self.stats.render_seconds += 0.1 * (took - self.stats.render_seconds)
         rgb.setflags(write=False)
         self.stats.frames_rendered += 1
+        self._hand_out(index, pts, rgb, arrival)
+
+    def _hand_out(self, index: int, pts: int, rgb: np.ndarray, arrival: float) -> None:
+        self._shown = rgb
         frame = RenderedFrame(index, pts, rgb, arrival, time.time())
         try:
             self.loop.call_soon_threadsafe(self.on_frame, frame)

@@ -2,7 +2,9 @@
 
 The output is constant frame rate at exactly the stream's rate (a fraction, e.g. 30000/1001),
 one picture per decoded frame, so a player shows the clip at its original speed and a reader
-counts the same frames the stream carried.
+counts the same frames the stream carried. A stream that carries its own frame times (a
+variable-rate input, docs/bitstream.md 3.3) is written with ``timestamps=True``: every frame
+at its own time, in ticks of 1/90000 s from the first frame.
 
 Formats, chosen by the file name's extension:
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from bitstream.frame import TIMESCALE
 from iwcodec.errors import IWCodecError
 
 
@@ -75,7 +78,9 @@ class VideoWriter:
     explicitly.
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: Fraction) -> None:
+    def __init__(
+        self, path: str | Path, width: int, height: int, fps: Fraction, timestamps: bool = False
+    ) -> None:
         self.path = Path(path)
         self.format = output_format(self.path)
         fps = Fraction(fps)
@@ -100,13 +105,21 @@ class VideoWriter:
         stream.width, stream.height = width, height
         stream.pix_fmt = self.format.pix_fmt
         stream.options = dict(self.format.options)
-        # One tick per frame: pts = frame number gives an exactly constant rate.
-        stream.codec_context.time_base = Fraction(fps.denominator, fps.numerator)
+        # One tick per frame: pts = frame number gives an exactly constant rate; with
+        # timestamps, ticks of 1/90000 s (bitstream.TIMESCALE).
+        self.timestamps = timestamps
+        tick = Fraction(1, TIMESCALE) if timestamps else Fraction(fps.denominator, fps.numerator)
+        stream.codec_context.time_base = tick
+        if timestamps:
+            stream.time_base = tick
         self._stream = stream
+        self._first_pts: int | None = None
+        self._last_pts = -1
         self._open = True
 
-    def write(self, rgb: np.ndarray) -> None:
-        """Append one frame, (H, W, 3) uint8 RGB."""
+    def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
+        """Append one frame, (H, W, 3) uint8 RGB; ``pts`` (ticks of 1/90000 s) is its time when
+        the writer keeps timestamps (a time not after the previous frame's moves one tick on)."""
         if not self._open:
             raise IWCodecError(f"{self.path}: writer is already closed")
         if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
@@ -115,6 +128,12 @@ class VideoWriter:
             )
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self.frames
+        if self.timestamps:
+            if pts is None:
+                raise ValueError("this writer keeps timestamps: every frame needs its pts")
+            if self._first_pts is None:
+                self._first_pts = pts
+            frame.pts = self._last_pts = max(pts - self._first_pts, self._last_pts + 1)
         self._mux(self._stream.encode(frame))
         self.frames += 1
 

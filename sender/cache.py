@@ -26,7 +26,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import mediapipe as mp
 import numpy as np
 from tqdm import tqdm
 
@@ -74,6 +73,8 @@ class LandmarkFinder:
     of crops; one instance per clip, since tracking state must not leak between clips."""
 
     def __init__(self) -> None:
+        import mediapipe as mp  # here: it takes seconds to import (see sender.crop)
+
         with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False,

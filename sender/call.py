@@ -5,8 +5,11 @@ Per captured frame (on one worker thread, so the event loop never waits on the m
 1. the causal face tracker (``sender.crop.FaceTracker``) gives the crop box; the crop is cut at
    the model's resolution;
 2. the model's keypoint detector gives K keypoints (paper section 3);
-3. the first frame with a face (and later any frame the receiver asks for, like RTCP PLI)
-   becomes a keyframe: a parameter unit once, then a KEYFRAME unit, for the reliable channel;
+3. ``sender.core.SendCore`` (shared with file encoding) turns the frames into units: the
+   first frame with a face, a face that comes back after ``sender.core.NO_FACE_SECONDS``
+   without one, and any frame the receiver asks for (like RTCP PLI) become keyframes, sent
+   after the parameter unit on the reliable channel; frames without a face become NO_FACE
+   units (the receiver shows a blank picture, not a ghost of the last face);
 4. keypoint frames are bundled, ``frames_per_message`` to a KEYPOINTS unit, for the unordered
    channel without retransmissions. Bundling is what keeps the wire rate low: each message
    costs ~109 bytes of IP/UDP/DTLS/SCTP headers (docs/calls.md).
@@ -34,13 +37,12 @@ from typing import Protocol
 
 import numpy as np
 
-from bitstream import ImageCodec, KeyframeUnit, KeypointEncoder, KeypointFrame, ParamsUnit
-from bitstream.quant import DEFAULT_S_STEPS, DEFAULT_XY_STEPS
+from bitstream import KeyframePacer, KeyframeUnit, ParamsUnit, pacing
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import InputError
+from sender.core import NO_FACE_SECONDS, SendCore
 from sender.crop import CropConfig, FaceTracker, cut_square
 from sender.encoder import EncodeOptions, detect_batch, entropy_model, stream_params
-from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, encode_keyframe
 from sender.live import (
     DEFAULT_AUDIO_BITRATE,
     DEFAULT_AUDIO_FRAME_MS,
@@ -53,7 +55,8 @@ from sender.live import (
 
 #: Messages per second the automatic bundling aims at (docs/calls.md, trade-off table).
 MAX_MESSAGES_PER_SECOND = 10.0
-#: A peer cannot make us send keyframes faster than this (each is kilobytes).
+#: A peer cannot make us send keyframes it asks for faster than this (each is kilobytes); all
+#: keyframes, also those of a face that comes back, keep to ``bitstream.pacing.SENDER``.
 MIN_KEYFRAME_INTERVAL = 2.0
 
 
@@ -69,22 +72,17 @@ class SendOptions:
     Attributes:
         frames_per_message: keypoint frames per message; None picks
             :func:`auto_frames_per_message` for the input's frame rate (3 at 25-30 fps).
-        resync_period: frames between periodic resync units on a clean path.
+        coding: the stream's coding, as for files (``sender.encoder.EncodeOptions``: keyframe
+            codec and quality, quantization, prior table, resync period on a clean path, what
+            the receiver shows without a face); its file-only fields are not used.
         resilient_seconds: after a reported loss, every unit is a resync unit this long.
-        keyframe_codec, keyframe_quality: the keyframe's image codec (``sender.keyframe``).
-        xy_steps, s_steps, entropy_table: keypoint quantization and prior table.
         audio_bitrate, audio_frame_ms: the Opus stream.
         timeline: keep each frame's capture time (for latency measurements).
     """
 
     frames_per_message: int | None = None
-    resync_period: int = 60
+    coding: EncodeOptions = EncodeOptions()
     resilient_seconds: float = 10.0
-    keyframe_codec: ImageCodec = DEFAULT_CODEC
-    keyframe_quality: int = DEFAULT_QUALITY
-    xy_steps: int = DEFAULT_XY_STEPS
-    s_steps: int = DEFAULT_S_STEPS
-    entropy_table: str | None = None
     audio_bitrate: int = DEFAULT_AUDIO_BITRATE
     audio_frame_ms: int = DEFAULT_AUDIO_FRAME_MS
     timeline: bool = False
@@ -143,11 +141,9 @@ class CallSender:
         self.model = model
         self.video = video
         self.options = options
-        enc = EncodeOptions(
-            xy_steps=options.xy_steps, s_steps=options.s_steps, entropy_table=options.entropy_table
-        )
-        self.table = entropy_model(enc)
-        self.params: ParamsUnit = stream_params(model, video.fps, enc, self.table)
+        coding = options.coding
+        self.table = entropy_model(coding)
+        self.params: ParamsUnit = stream_params(model, video.fps, coding, self.table)
         self.frames_per_message = options.frames_per_message or auto_frames_per_message(
             float(self.params.fps)
         )
@@ -157,16 +153,20 @@ class CallSender:
             OpusTrack(audio, options.audio_bitrate, options.audio_frame_ms) if audio else None
         )
         self.stats = SenderStats()
-        self._encoder = KeypointEncoder(
-            self.params, self.table, resync_period=options.resync_period
+        self._core = SendCore(
+            self.params,
+            self.table,
+            frames_per_unit=self.frames_per_message,
+            resync_period=coding.resync_period,
+            keyframe_codec=coding.keyframe_codec,
+            keyframe_quality=coding.keyframe_quality,
+            fill=coding.no_face,
         )
         self._tracker: FaceTracker | None = None
         self._stream_start: int | None = None  # source index of stream frame 0
-        self._bundle: list[KeypointFrame] = []
-        self._bundle_times: list[float] = []
-        self._keyframe_id = -1
+        self._times: dict[int, float] = {}  # capture times of frames not yet sent, by index
         self._last_keyframe_t = -math.inf
-        self._params_sent = False
+        self._keyframe_pacer = KeyframePacer(pacing.SENDER)
         # requests arrive on the loop's thread and are applied on the worker's
         self._lock = threading.Lock()
         self._keyframe_wanted = False
@@ -196,7 +196,7 @@ class CallSender:
     def request_keyframe(self, keyframe_id: int | None = None) -> None:
         """The receiver lacks keyframe ``keyframe_id`` (or any): send a new one (rate-limited)."""
         with self._lock:
-            if keyframe_id is None or keyframe_id <= self._keyframe_id:
+            if keyframe_id is None or keyframe_id < self._core.keyframes_sent:
                 self._keyframe_wanted = True
 
     @property
@@ -281,65 +281,69 @@ class CallSender:
         if self._tracker is None:  # MediaPipe graphs stay on the thread that made them
             self._tracker = FaceTracker(CropConfig(size=size))
         box = self._tracker.update(frame.rgb, frame.t)
-        if box is None:
-            self.stats.no_face += 1
-            return _StepResult([], None, -1)
-        crop = cut_square(frame.rgb, box, size)
-        kp = detect_batch(self.model, crop[None])[0]  # (K, 3)
-        if self._stream_start is None:
+        messages: list[tuple[str, bytes, tuple[float, ...]]] = []
+        if self._stream_start is None:  # the stream starts with the first captured frame
             self._stream_start = frame.index
+            messages.append(("reliable", self.params.to_bytes(), ()))
         index = frame.index - self._stream_start
+        pts = self.params.nominal_pts(index)
+        self._times[index] = frame.t
         if self.options.timeline and len(self.stats.capture_times) < 1_000_000:
             self.stats.capture_times[index] = frame.t
-        messages: list[tuple[str, bytes, tuple[float, ...]]] = []
-        if self._bundle and index != self._bundle[-1].index + 1:
-            messages += self._flush()  # frames were dropped: a unit holds consecutive frames
-        if self._keyframe_due(frame.t):
-            messages += self._flush()
-            messages += self._keyframe(crop, index, frame.t)
-        self._bundle.append(
-            KeypointFrame(index, self.params.nominal_pts(index), kp, (self._keyframe_id,))
-        )
-        self._bundle_times.append(frame.t)
-        if len(self._bundle) >= self.frames_per_message:
-            messages += self._flush()
+        self._apply_requests()
+        face = box is not None and self._tracker.lost_for(frame.t) < NO_FACE_SECONDS
+        if face and self._core.needs_keyframe and not self._keyframe_pacer.ready(frame.t):
+            face = False  # the face is back before a keyframe may go: no face until it may
+        if not face:
+            self.stats.no_face += 1
+            messages += self._messages(self._core.no_face(index, pts))
+            return _StepResult(messages, None, index)
+        crop = cut_square(frame.rgb, box, size)
+        kp = detect_batch(self.model, crop[None])[0]  # (K, 3)
+        if self._keyframe_due(frame.t) and self._keyframe_pacer.take(frame.t):
+            self._last_keyframe_t = frame.t
+            messages += self._messages(self._core.keyframe(crop, index))
+        messages += self._messages(self._core.face(index, pts, kp))
         return _StepResult(messages, crop, index)
 
     def _keyframe_due(self, t: float) -> bool:
+        """A new face segment needs one; a receiver's request is served at most every
+        ``MIN_KEYFRAME_INTERVAL`` (and, like every keyframe, within ``pacing.SENDER``)."""
+        if self._core.needs_keyframe:
+            return True
         with self._lock:
-            wanted = self._keyframe_wanted
-        if self._keyframe_id < 0:
-            return True
-        if wanted and t - self._last_keyframe_t >= MIN_KEYFRAME_INTERVAL:
-            with self._lock:
+            if (
+                self._keyframe_wanted
+                and t - self._last_keyframe_t >= MIN_KEYFRAME_INTERVAL
+                and self._keyframe_pacer.ready(t)
+            ):
                 self._keyframe_wanted = False
-            return True
+                return True
         return False
 
-    def _keyframe(self, crop: np.ndarray, index: int, t: float) -> list:
-        out = []
-        if not self._params_sent:
-            out.append(("reliable", self.params.to_bytes(), ()))
-            self._params_sent = True
-        self._keyframe_id += 1
-        self._last_keyframe_t = t
-        data = encode_keyframe(crop, self.options.keyframe_codec, self.options.keyframe_quality)
-        unit = KeyframeUnit(self._keyframe_id, index, self.options.keyframe_codec, data)
-        out.append(("reliable", unit.to_bytes(), ()))
-        self.stats.keyframes += 1
-        return out
-
-    def _flush(self) -> list:
-        if not self._bundle:
-            return []
+    def _apply_requests(self) -> None:
+        """A resync the receiver asked for, and the resilient stretch after a loss."""
         with self._lock:
             resync, self._resync_wanted = self._resync_wanted, False
             resilient = time.monotonic() < self._resilient_until
+        encoder = self._core.encoder
         if resync:
-            self._encoder.request_resync()
-        self._encoder.resync_period = len(self._bundle) if resilient else self.options.resync_period
-        unit = self._encoder.encode(self._bundle)
-        self.stats.resync_units += int(unit.resync)
-        out = [("keypoints", unit.to_bytes(), tuple(self._bundle_times))]
-        self._bundle, self._bundle_times = [], []
+            encoder.request_resync()
+        encoder.resync_period = (
+            self.frames_per_message if resilient else self.options.coding.resync_period
+        )
+
+    def _messages(self, units: list) -> list[tuple[str, bytes, tuple[float, ...]]]:
+        out = []
+        for unit in units:
+            if isinstance(unit, KeyframeUnit):
+                self.stats.keyframes += 1
+                out.append(("reliable", unit.to_bytes(), ()))
+                continue
+            times = tuple(self._times.pop(i) for i in unit.indices if i in self._times)
+            self.stats.resync_units += int(getattr(unit, "resync", False))
+            out.append(("keypoints", unit.to_bytes(), times))
+        if len(self._times) > 4 * self.frames_per_message:  # frames dropped before a unit
+            for i in sorted(self._times)[: -self.frames_per_message]:
+                del self._times[i]
         return out

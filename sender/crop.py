@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import mediapipe as mp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -103,6 +102,10 @@ class FaceDetector:
     nothing (small or far faces). Works on RGB uint8 (H, W, 3); close() or use ``with``."""
 
     def __init__(self, min_score: float = 0.5) -> None:
+        # Imported here: mediapipe takes seconds to import, and the receiver, the scoring half
+        # of the evaluation and the crop-rebuilding path need only the boxes.
+        import mediapipe as mp
+
         fd = mp.solutions.face_detection
         with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
             self._short = fd.FaceDetection(model_selection=0, min_detection_confidence=min_score)
@@ -457,6 +460,10 @@ class FaceTracker:
         self._box: np.ndarray | None = None
         self._last_t: float | None = None
         self._lost_since: float | None = None
+
+    def lost_for(self, t: float) -> float:
+        """Seconds at time ``t`` since the tracked face was last seen (0 while it is seen)."""
+        return 0.0 if self._lost_since is None else max(0.0, t - self._lost_since)
 
     @property
     def box(self) -> np.ndarray | None:

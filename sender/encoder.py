@@ -2,25 +2,27 @@
 
 Pipeline (each stage a function, ``encode_file`` chains them):
 
-1. :func:`crop_input`: decode the file and cut the steady square face crop at the model's
-   resolution (``sender.crop.crop_video``, the offline smoother);
-2. :func:`detect_keypoints`: the model's keypoint detector on every crop, in batches
-   (paper section 3: K locations and a strength per keypoint);
-3. :func:`keypoint_frames`: one :class:`bitstream.KeypointFrame` per frame, at its nominal time;
-4. :func:`encode_frames`: a parameter unit, the first frame as the keyframe (an image codec
-   through PyAV), the keypoints as entropy-coded units, an end unit.
+1. :func:`stream_crops`: the first pass finds the face in every frame and smooths the crop
+   boxes (``sender.crop``); which frames are coded as faces follows from it
+   (``sender.core.face_mask``); the second pass cuts the crops at the model's resolution,
+   with each frame's real time;
+2. :func:`detect_batch`: the model's keypoint detector, a batch of crops at a time (paper
+   section 3: K locations and a strength per keypoint);
+3. :func:`encode_crops`: a parameter unit, then keyframes (an image codec through PyAV),
+   entropy-coded keypoint units and NO_FACE units in frame order (``sender.core.SendCore``,
+   shared with calls), an end unit.
 
-The keyframe is the first frame. ``EncodeOptions.keyframe_indices`` can name further frames to
-send as keyframes (the evaluation's "2 sources" operating point: first + middle frame); each is
-written just before the first keypoint unit that uses it, and every frame from it on is rebuilt
-from all keyframes sent so far (paper section 3: attention over the keys of several source
-frames at once), so the stream stays causal. A smarter policy is a separate piece of work. Byte
-counts come from the bytes the stream writer really wrote.
+The first keyframe is the first frame with a face, and each face that comes back after a
+stretch without one starts with a keyframe of its own. ``EncodeOptions.keyframe_indices`` can
+name further frames to send as keyframes (the evaluation's "2 sources" operating point: first
++ middle frame); each is written just before the first unit that uses it, and every frame from
+it on is rebuilt from all keyframes of its face segment (paper section 3: attention over the
+keys of several source frames at once), so the stream stays causal. Byte counts come from the
+bytes the stream writer really wrote.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,23 +39,30 @@ from bitstream import (
     DEFAULT_FRAMES_PER_UNIT,
     DEFAULT_RESYNC_PERIOD,
     EntropyModel,
+    Fill,
     ImageCodec,
     KeyframeUnit,
-    KeypointEncoder,
-    KeypointFrame,
+    KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     Predictor,
     StreamWriter,
-    encode_track,
     load_prior,
 )
 from bitstream.quant import DEFAULT_S_STEPS, DEFAULT_XY_STEPS
 from bitstream.units import MAX_REFS
 from codec.model import ImplicitWarpingModel
-from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
+from iwcodec.errors import (
+    BitstreamError,
+    InputError,
+    IWCodecError,
+    ModelMismatchError,
+    NoFaceError,
+)
 from iwcodec.outputs import check_output
+from sender.core import SendCore, face_mask, frame_ticks
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
-from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, encode_keyframe
+from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY
 
 KEYFRAME_ID = 0
 
@@ -73,7 +82,9 @@ class EncodeOptions:
         max_frames: encode at most this many frames (``None``: all).
         progress: show a progress bar on a terminal.
         keyframe_indices: frames sent as keyframes, increasing, starting with 0 (at most 16);
-            frame i is rebuilt from every keyframe at or before i.
+            frame i is rebuilt from every keyframe of its face segment at or before i. A frame
+            without a face is never a keyframe: the first face frame after it is.
+        no_face: what the receiver shows for frames without a face (``bitstream.Fill``).
     """
 
     keyframe_codec: ImageCodec = DEFAULT_CODEC
@@ -88,6 +99,7 @@ class EncodeOptions:
     max_frames: int | None = None
     progress: bool = True
     keyframe_indices: tuple[int, ...] = (0,)
+    no_face: Fill = Fill.BLANK
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class EncodeStats:
     bytes_keyframes: int
     bytes_keypoints: int
     bytes_end: int
+    no_face_frames: int = 0  # frames coded as NO_FACE units
     seconds: float = field(default=0.0, compare=False)  # wall time of the encode
 
     @property
@@ -135,13 +148,15 @@ class EncodeStats:
     def summary(self) -> str:
         """One paragraph for the command line."""
         fps = str(self.fps) if self.fps.denominator == 1 else f"{float(self.fps):.3f}"
-        per_frame = self.bytes_keypoints / self.frames if self.frames else 0.0
+        coded = self.frames - self.no_face_frames
+        per_frame = self.bytes_keypoints / coded if coded else 0.0
         return (
             f"{self.frames} frames ({self.duration:.2f} s at {fps} fps, {self.width}x{self.height}"
             f" face crop) in {self.bytes_total} bytes: {self.kbps_total:.2f} kbps = keyframe "
             f"{self.kbps_keyframes:.2f} ({self.bytes_keyframes} B) + keypoints "
             f"{self.kbps_keypoints:.2f} ({per_frame:.2f} B/frame) + headers "
             f"{self.kbps(self.bytes_params + self.bytes_end):.2f}"
+            + (f"; {self.no_face_frames} frames without a face" if self.no_face_frames else "")
         )
 
 
@@ -237,29 +252,6 @@ def detect_keypoints(
     return np.concatenate(out)  # (T, K, 3)
 
 
-def keypoint_frames(
-    keypoints: np.ndarray,
-    params: ParamsUnit,
-    refs: tuple[int, ...] = (KEYFRAME_ID,),
-    frame_refs: Sequence[tuple[int, ...]] | None = None,
-) -> list[KeypointFrame]:
-    """(T, K, 3) keypoints -> frames at their nominal times ``params.nominal_pts(i)``, each
-    referring to ``refs`` (or to ``frame_refs[i]`` when given, e.g. from :func:`refs_per_frame`).
-
-    The offline codec is constant frame rate: the decoder writes frame i at i / fps, so
-    variable-rate input is retimed to its nominal rate (as the crop already treats it).
-    """
-    return [
-        KeypointFrame(
-            index=i,
-            pts=params.nominal_pts(i),
-            keypoints=kp,
-            refs=refs if frame_refs is None else frame_refs[i],
-        )
-        for i, kp in enumerate(keypoints)
-    ]
-
-
 def check_keyframe_indices(indices: Sequence[int]) -> tuple[int, ...]:
     """The keyframe policy's frame indices: increasing, starting with 0, at most 16."""
     out = tuple(int(i) for i in indices)
@@ -268,17 +260,6 @@ def check_keyframe_indices(indices: Sequence[int]) -> tuple[int, ...]:
     if len(out) > MAX_REFS:
         raise InputError(f"at most {MAX_REFS} keyframes can be referred to, got {len(out)}")
     return out
-
-
-def refs_per_frame(n_frames: int, keyframe_indices: Sequence[int]) -> list[tuple[int, ...]]:
-    """Keyframe ids each frame is rebuilt from: keyframe j (sent at ``keyframe_indices[j]``)
-    serves every frame from its own on, so no frame waits for a later picture."""
-    refs, sent = [], 0
-    for i in range(n_frames):
-        while sent < len(keyframe_indices) and keyframe_indices[sent] <= i:
-            sent += 1
-        refs.append(tuple(range(sent)))
-    return refs
 
 
 def entropy_model(options: EncodeOptions) -> EntropyModel:
@@ -332,76 +313,97 @@ def encode_crops(
     out: BinaryIO,
     options: EncodeOptions = EncodeOptions(),
     total: int | None = None,
+    face: Sequence[bool] | np.ndarray | None = None,
+    seconds: Sequence[float] | None = None,
 ) -> EncodeStats:
     """Encode face crops, each (S, S, 3) uint8 at the model's size ``S``, into a complete
-    stream on ``out``: PARAMS, one KEYFRAME (the first crop), KEYPOINTS units, END.
+    stream on ``out``: PARAMS, then KEYFRAME, KEYPOINTS and NO_FACE units in frame order
+    (``sender.core.SendCore``), END.
 
-    ``crops`` is consumed once, a batch at a time, so a long clip is never held in memory
-    (only the crops named by ``options.keyframe_indices`` are kept); ``total`` (the expected
-    count) only sizes the progress bar. Returns the bytes written per unit type.
+    ``face`` (T,) bool marks the frames coded as faces (``sender.core.face_mask``; ``None``:
+    all of them); ``seconds`` gives each frame's time (``None``: the nominal times at ``fps``;
+    real times make a variable-rate input decode at its own times). ``crops`` is consumed once,
+    a batch at a time, and units are written as they are made, so a long clip is never held
+    in memory. ``total`` (the expected count) only sizes the progress bar. Returns the bytes
+    written per unit type.
     """
     start = time.perf_counter()
     size = model.cfg.image_size
     indices = check_keyframe_indices(options.keyframe_indices)
-    pictures: dict[int, np.ndarray] = {}  # later keyframes' crops, by frame index
-
-    def checked() -> Iterator[np.ndarray]:
-        for i, crop in enumerate(crops):
-            crop = check_crop(crop, size)
-            if i in indices[1:]:
-                pictures[i] = crop
-            yield crop
-
-    frames = checked()
-    first = next(frames, None)
-    if first is None:
-        raise InputError("no frames to encode")
     table = entropy_model(options)
     params = stream_params(model, fps, options, table)
+    core = SendCore(
+        params,
+        table,
+        frames_per_unit=options.frames_per_unit,
+        resync_period=options.resync_period,
+        keyframe_codec=options.keyframe_codec,
+        keyframe_quality=options.keyframe_quality,
+        fill=options.no_face,
+    )
     writer = StreamWriter(out)
-    bytes_params = writer.write(params)
-    bytes_keyframes = writer.write(keyframe_unit(KEYFRAME_ID, 0, first, options))
-    kp = detect_keypoints(
-        model, itertools.chain([first], frames), options.batch_size, options.progress, total
-    )  # (T, K, 3)
-    if indices[-1] >= len(kp):
-        raise InputError(f"keyframe at frame {indices[-1]}, but the clip has {len(kp)} frames")
-    later = [
-        keyframe_unit(KEYFRAME_ID + j, i, pictures[i], options)
-        for j, i in enumerate(indices[1:], start=1)
-    ]
-    coder = KeypointEncoder(params, table, resync_period=options.resync_period)
-    track = keypoint_frames(kp, params, frame_refs=refs_per_frame(len(kp), indices))
-    units = encode_track(track, coder, options.frames_per_unit)
-    bytes_keypoints = 0
-    for unit in units:
-        # A keyframe goes out just before the first unit that refers to it.
-        while later and later[0].frame_index <= unit.first_index:
-            bytes_keyframes += writer.write(later.pop(0))
-        bytes_keypoints += writer.write(unit)
-    bytes_end = writer.finish()
+    counts = dict.fromkeys(("params", "keyframes", "keypoints", "end"), 0)
+    counts["params"] = writer.write(params)
+    pending_extra = list(indices[1:])  # later keyframes: the first face frame at or after each
+    units_written = frames = faces = 0
+
+    def write(units: list) -> None:
+        nonlocal units_written
+        for unit in units:
+            n = writer.write(unit)
+            kind = "keyframes" if isinstance(unit, KeyframeUnit) else "keypoints"
+            counts[kind] += n
+            units_written += isinstance(unit, (KeypointUnit, NoFaceUnit))
+
+    last_pts = -1
+    with tqdm(
+        total=total, desc="encoding", unit="frame", disable=None if options.progress else True
+    ) as bar:
+        for batch in batches((check_crop(c, size) for c in crops), options.batch_size):
+            kp = detect_batch(model, batch)  # (B, K, 3)
+            for crop, keypoints in zip(batch, kp):
+                i = frames
+                frames += 1
+                pts = params.nominal_pts(i)
+                if seconds is not None:  # (a list that the crops' reader fills as it goes)
+                    pts = frame_ticks(seconds[i], i, params, last_pts)
+                last_pts = pts
+                if face is not None and i >= len(face):
+                    raise InputError(f"{len(face)} face flags for more frames")
+                if face is not None and not face[i]:
+                    write(core.no_face(i, pts))
+                    continue
+                due = bool(pending_extra) and pending_extra[0] <= i
+                while pending_extra and pending_extra[0] <= i:
+                    pending_extra.pop(0)
+                if core.needs_keyframe or due:
+                    write(core.keyframe(crop, i))
+                write(core.face(i, pts, keypoints))
+                faces += 1
+            bar.update(len(batch))
+    if frames == 0:
+        raise InputError("no frames to encode")
+    if faces == 0:
+        raise NoFaceError("no frame has a face: there is nothing to encode")
+    if face is not None and len(face) != frames:
+        raise InputError(f"{len(face)} face flags for {frames} frames")
+    if indices[-1] >= frames:
+        raise InputError(f"keyframe at frame {indices[-1]}, but the clip has {frames} frames")
+    write(core.flush())
+    counts["end"] = writer.finish()
     return EncodeStats(
-        frames=len(kp),
+        frames=frames,
         fps=params.fps,
         width=params.width,
         height=params.height,
-        keyframes=len(indices),
-        keypoint_units=len(units),
-        bytes_params=bytes_params,
-        bytes_keyframes=bytes_keyframes,
-        bytes_keypoints=bytes_keypoints,
-        bytes_end=bytes_end,
+        keyframes=core.keyframes_sent,
+        keypoint_units=units_written,
+        bytes_params=counts["params"],
+        bytes_keyframes=counts["keyframes"],
+        bytes_keypoints=counts["keypoints"],
+        bytes_end=counts["end"],
+        no_face_frames=frames - faces,
         seconds=time.perf_counter() - start,
-    )
-
-
-def keyframe_unit(
-    keyframe_id: int, frame_index: int, crop: np.ndarray, options: EncodeOptions
-) -> KeyframeUnit:
-    """One crop (S, S, 3) uint8 coded as a keyframe with the options' image codec."""
-    image = encode_keyframe(crop, codec=options.keyframe_codec, quality=options.keyframe_quality)
-    return KeyframeUnit(
-        keyframe_id=keyframe_id, frame_index=frame_index, codec=options.keyframe_codec, data=image
     )
 
 
@@ -436,23 +438,39 @@ def write_atomically(path: Path, write) -> EncodeStats:
     return stats
 
 
-def stream_crops(path: str | Path, size: int, max_frames: int | None = None):
-    """The face crops of a video file, streamed: (fps, expected count, iterator of
-    (size, size, 3) uint8). Two passes over the file, like ``sender.crop.crop_video`` (boxes
-    first, smoothed without lag, then the cuts), but only the boxes are held in memory."""
+@dataclass
+class CropStream:
+    """A file's face crops, streamed (:func:`stream_crops`): ``crops`` yields (S, S, 3) uint8
+    once; ``face`` (T,) bool marks the frames coded as faces; ``seconds`` fills with each
+    frame's time as ``crops`` is consumed."""
+
+    fps: Fraction
+    count: int
+    face: np.ndarray
+    crops: Iterator[np.ndarray]
+    seconds: list[float]
+
+
+def stream_crops(path: str | Path, size: int, max_frames: int | None = None) -> CropStream:
+    """The face crops of a video file, streamed. Two passes over the file, like
+    ``sender.crop.crop_video`` (boxes first, smoothed without lag, then the cuts), but only
+    the boxes are held in memory."""
     check_max_frames(max_frames)
-    boxes, _, fps = track_video(path, CropConfig(size=size))
+    boxes, detected, fps = track_video(path, CropConfig(size=size))
     count = len(boxes) if max_frames is None else min(len(boxes), max_frames)
+    seconds: list[float] = []
 
     def crops() -> Iterator[np.ndarray]:
-        n = 0
-        for _, crop in iter_crops(path, boxes[:count], size):
-            n += 1
+        for t, crop in iter_crops(path, boxes[:count], size):
+            seconds.append(t)
             yield crop
-        if n != count:
-            raise InputError(f"{path}: decoded {n} frames on the second pass, {count} on the first")
+        if len(seconds) != count:
+            raise InputError(
+                f"{path}: decoded {len(seconds)} frames on the second pass, {count} on the first"
+            )
 
-    return fps, count, crops()
+    face = face_mask(detected[:count], float(fps))
+    return CropStream(fps, count, face, crops(), seconds)
 
 
 def encode_file(
@@ -466,15 +484,19 @@ def encode_file(
     out_path = check_output(out_path)  # not a folder
     if not out_path.parent.is_dir():
         raise IWCodecError(f"{out_path}: the folder {out_path.parent} does not exist")
-    fps, count, crops = stream_crops(in_path, model.cfg.image_size, options.max_frames)
+    clip = stream_crops(in_path, model.cfg.image_size, options.max_frames)
     return write_atomically(
-        out_path, lambda f: encode_crops(crops, fps, model, f, options, total=count)
+        out_path,
+        lambda f: encode_crops(
+            clip.crops, clip.fps, model, f, options, clip.count, clip.face, clip.seconds
+        ),
     )
 
 
 __all__: Sequence[str] = [
     "EncodeOptions",
     "EncodeStats",
+    "CropStream",
     "crop_input",
     "stream_crops",
     "detect_keypoints",
@@ -482,9 +504,6 @@ __all__: Sequence[str] = [
     "encode_file",
     "encode_frames",
     "entropy_model",
-    "keypoint_frames",
-    "keyframe_unit",
-    "refs_per_frame",
     "check_keyframe_indices",
     "stream_params",
 ]

@@ -13,10 +13,12 @@ import pytest
 from bitstream import (
     BitstreamWarning,
     EndUnit,
+    Fill,
     ImageCodec,
     KeyframeUnit,
     KeypointDecoder,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
     Predictor,
     StreamWriter,
@@ -54,7 +56,9 @@ def sample_units(model):
         KeypointUnit(5, 3, (7, 2), True, None, b"\x12\x34"),
         KeypointUnit(8, 3, (7,), False, (100, 3103, 9000), b""),
         KeypointUnit(11, 1, (0,), False, (-5,), b"\xff" * 9),
-        EndUnit(11, 1),
+        NoFaceUnit(12, 1024, Fill.HOLD),
+        NoFaceUnit(1036, 2, Fill.BLANK, (40_000, 40_300)),
+        EndUnit(1038, 1),
     ]
 
 
@@ -100,6 +104,55 @@ def test_varints_are_canonical():
         Reader(b"\xff" * 20, "t").uvarint("v", 1000)
     with pytest.raises(BitstreamError, match="truncated"):
         Reader(b"\x80", "t").uvarint("v", 1000)
+
+
+def test_no_face_unit_bounds_and_damage():
+    for kwargs, message in [
+        (dict(first_index=0, count=0), "frame count"),
+        (dict(first_index=0, count=1025), "frame count"),
+        (dict(first_index=0, count=1, fill=7), "unknown fill"),
+        (dict(first_index=0, count=2, pts=(1,)), "1 timestamps for 2 frames"),
+    ]:
+        with pytest.raises(BitstreamError, match=message):
+            NoFaceUnit(**kwargs)
+    data = NoFaceUnit(5, 3, Fill.BLANK).to_bytes()
+    for cut in range(len(data)):
+        with pytest.raises(BitstreamError):
+            NoFaceUnit.parse(data[:cut])
+    with pytest.raises(BitstreamError, match="truncated"):
+        NoFaceUnit.parse(data[:-1])
+    # A body with a valid CRC but a forged fill byte or count is refused, not trusted.
+    body = bytes([0]) + encode_uvarint(5) + encode_uvarint(3)
+    for tail, message in [(b"\x09", "fill"), (b"", "truncated"), (b"\x00\x00", "unexpected bytes")]:
+        with pytest.raises(BitstreamError, match=message):
+            NoFaceUnit.parse(frame_unit(UnitType.NO_FACE, body + tail))
+    forged = bytes([0]) + encode_uvarint(5) + encode_uvarint(5000) + b"\x00"
+    with pytest.raises(BitstreamError, match="count"):
+        NoFaceUnit.parse(frame_unit(UnitType.NO_FACE, forged))
+
+
+def test_keypoint_chain_restarts_after_no_face(model):
+    """A NO_FACE unit ends the keypoint chain: the decoder reports its frames as no-face (not
+    lost), and the next keypoint unit must be a resync unit; a non-resync one is lost."""
+    data, _ = example_stream(
+        np.random.default_rng(2), frames=12, frames_per_unit=4, resync_period=8, model=model
+    )
+    units = list(read_units(data))
+    params = units[0]
+    kps = [u for u in units if isinstance(u, KeypointUnit)]
+    assert [u.resync for u in kps] == [True, False, True]
+    dec = KeypointDecoder(params, model)
+    assert len(dec.decode(kps[0]).frames) == 4
+    gone = dec.skip(NoFaceUnit(4, 4))
+    assert gone.no_face == range(4, 8) and not gone.lost and not dec.needs_resync
+    shifted = KeypointUnit(8, 4, kps[1].refs, False, None, kps[1].payload)
+    with pytest.warns(BitstreamWarning, match="resync"):
+        result = dec.decode(shifted)
+    assert not result.frames and result.lost == (range(8, 12),)
+    fresh = KeypointDecoder(params, model)
+    fresh.decode(kps[0])
+    fresh.skip(NoFaceUnit(4, 4))
+    assert [f.index for f in fresh.decode(kps[2]).frames] == [8, 9, 10, 11]
 
 
 def test_wrong_type_for_class(model):
@@ -362,3 +415,20 @@ def test_false_start_codes_do_not_make_reading_quadratic(model):
     units, error, caught = _read_all(params + fake * 50_000 + end)  # 3.4 GB of CRC if naive
     assert time.perf_counter() - start < 10
     assert isinstance(error, BitstreamError) and "too damaged" in str(error)
+
+
+def test_keyframe_pacing_sender_never_outruns_the_receiver():
+    """Whatever an honest sender lets through, the receiver keeps, even when arrivals bunch
+    up by up to a second; and a flood is cut to the receiver's rate."""
+    from bitstream import KeyframePacer, pacing
+
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        sender = KeyframePacer(pacing.SENDER)
+        sent = [t for t in np.cumsum(rng.exponential(0.4, 200)) if sender.take(float(t))]
+        arrivals = sorted(t + rng.uniform(0.0, 1.0) for t in sent)
+        receiver = KeyframePacer(pacing.RECEIVER)
+        assert all(receiver.take(t) for t in arrivals)
+    flood = KeyframePacer(pacing.RECEIVER)
+    kept = sum(flood.take(k * 0.01) for k in range(1000))  # 100 keyframes/s for 9.99 s
+    assert kept == pacing.RECEIVER.burst + 9  # the burst, then one a second

@@ -201,7 +201,7 @@ class _HostileLink:
             ("kp", self.rng.bytes(40)),  # random bytes
             ("kf", self.rng.bytes(50_000)),  # large and random (it delays only its own sender)
             ("kp", self.rng.bytes(20_000)),  # too large for a keypoint message
-            ("kp", KeyframeUnit(0, 0, owner.options.keyframe_codec, b"x" * 50).to_bytes()),
+            ("kp", KeyframeUnit(0, 0, owner.options.coding.keyframe_codec, b"x" * 50).to_bytes()),
             ("kf", forged.to_bytes()),  # a second, different parameter unit
             ("kp", b"\x8aIW\x03\x05" + b"\x00" * 9),  # a unit header with a bad CRC
         ]

@@ -24,6 +24,7 @@ from receiver.decoder import Decoder
 from receiver.live import LiveReceiver, Playout
 from receiver.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from sender.call import auto_frames_per_message
+from sender.core import SendCore
 from sender.encoder import EncodeOptions, entropy_model, stream_params
 from sender.keyframe import encode_keyframe
 
@@ -231,6 +232,46 @@ def test_live_receiver_recovers_through_resync_and_matches_the_offline_decode(mo
         assert np.array_equal(f.rgb, offline[index])
     # every chain break cost exactly one unit beyond the dropped ones: the next is a resync
     assert rx.stats.frames_lost == len(lost) + 3 * 2
+
+
+def test_live_receiver_shows_no_face_frames_as_the_senders_fill(model):
+    """Face, face lost, face back (a new keyframe): the live receiver shows the lost stretch
+    blank, never a face rendered from the old keyframe, and the rest as the file decoder."""
+    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+    core = SendCore(
+        params,
+        entropy_model(EncodeOptions()),
+        frames_per_unit=3,
+        resync_period=30,
+        keyframe_codec=ImageCodec.PNG,
+        keyframe_quality=90,
+    )
+    rng = np.random.default_rng(3)
+    track = synthetic_track(rng, 18, model.cfg.num_kp)  # (18, K, 3)
+    faces = [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]
+    units = []
+    for i in range(18):
+        if 6 <= i < 12:
+            units += core.no_face(i, params.nominal_pts(i))
+            continue
+        if core.needs_keyframe:
+            units += core.keyframe(faces[i // 12], i)
+        units += core.face(i, params.nominal_pts(i), track[i])
+    units += core.flush()
+    assert [type(u).__name__ for u in units].count("KeyframeUnit") == 2
+
+    def messages():
+        yield "kf", params.to_bytes()
+        for u in units:
+            yield ("kf" if isinstance(u, KeyframeUnit) else "kp"), u.to_bytes()
+
+    frames, rx = run_receiver(model, messages, lambda: None)
+    assert sorted(frames) == list(range(18)), rx.stats and rx.stats.frames_no_face == 6
+    decoder = Decoder(model, params, batch_size=1)
+    offline = {f.index: f for unit in units for f in decoder.push(unit)}
+    for i in range(18):
+        assert np.array_equal(frames[i].rgb, offline[i].rgb), i
+        assert (frames[i].rgb.max() == 0) == (6 <= i < 12) == offline[i].no_face, i
 
 
 def test_live_receiver_refuses_junk_and_a_stream_for_other_weights(model, tmp_path):

@@ -191,3 +191,27 @@ def test_reconstruction_validation_scores_the_same_frames_for_every_run(setup, t
     assert "One frame in 3 scored (0, 3, ...)" in (out / "validation.md").read_text()
     with pytest.raises(SystemExit):
         reconstruction.main([*argv, "--every", "0"])
+
+
+@pytest.mark.slow
+def test_akd_added_later_equals_akd_measured_in_the_run(setup) -> None:
+    """A run made with --no-akd (a GPU machine without MediaPipe) and then --add-akd gives
+    our points and the keyframe-only baseline the AKD a full run measures; classic records,
+    whose outputs are not kept, stay without."""
+    few = ("--points", "default", "--targets", "8")
+    full_dir, later_dir = setup["dir"] / "akd_full", setup["dir"] / "akd_later"
+    assert main(_args(setup, full_dir, *few)) == 0
+    assert main(_args(setup, later_dir, "--no-akd", *few)) == 0
+    assert all(r["akd"] is None for r in load_results(later_dir))
+    assert main([*_args(setup, later_dir), "--add-akd"]) == 0
+    full = {r["key"]: r for r in load_results(full_dir)}
+    later = {r["key"]: r for r in load_results(later_dir)}
+    for key in ("iwcodec/default", "keyframe-only/av1-q75-1kf"):
+        for field in ("akd", "akd_frames", "akd_no_face_ref", "akd_no_face_test"):
+            assert later[key][field] == pytest.approx(full[key][field], abs=1e-6), (key, field)
+        np.testing.assert_allclose(
+            np.load(later_dir / later[key]["per_frame"])["akd"],
+            np.load(full_dir / full[key]["per_frame"])["akd"],
+        )
+    assert later["x264/lowdelay/8kbps"]["akd"] is None
+    assert full["x264/lowdelay/8kbps"]["akd"] is not None

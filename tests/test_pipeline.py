@@ -159,7 +159,7 @@ def test_stats_and_info_add_up_to_the_file_size(stream) -> None:
     assert sum(info.bytes.values()) == size
     assert info.bytes["keyframe"] == stats.bytes_keyframes
     assert info.bytes["keypoints"] == stats.bytes_keypoints
-    assert info.units == {"params": 1, "keyframe": 1, "keypoints": 3, "end": 1}
+    assert info.units == {"params": 1, "keyframe": 1, "keypoints": 3, "no-face": 0, "end": 1}
     assert info.frames == CLIP_FRAMES and info.problem is None
     assert info.kbps(size) == pytest.approx(size * 8 / (CLIP_FRAMES / float(CLIP_FPS)) / 1000)
 

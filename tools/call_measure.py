@@ -292,7 +292,7 @@ def offline_payload(
     for n in frames_per_message:
         sizes = []
         for kp in tracks:
-            encoder = KeypointEncoder(params, table, resync_period=options.resync_period)
+            encoder = KeypointEncoder(params, table, resync_period=options.coding.resync_period)
             for start in range(0, len(kp) - n + 1, n):
                 frames = [
                     KeypointFrame(i, params.nominal_pts(i), kp[i], (0,))

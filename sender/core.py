@@ -1,0 +1,177 @@
+"""The send core: frames in, units out; the one place that file encoding and calls share.
+
+A stream is a run of *face segments*. Each starts with a keyframe (the first frame of the
+segment: keyframes are only ever taken of faces), and every frame of it is rebuilt from the
+keyframes sent since the segment began (paper section 3: attention over the keys of every
+source at once). Frames in which the sender found no face are coded as NO_FACE units
+(docs/bitstream.md 3.5): the receiver shows the sender's fill (a black picture, or the last
+picture shown) instead of a face rendered from a keyframe that is not in the picture. When the
+face comes back, a new segment starts with a new keyframe and a resync unit (it may be
+another person).
+
+:class:`SendCore` holds the stream's state (keypoint coder, keyframe ids, the frames waiting
+to be cut into a unit) and cuts units at a fixed number of frames, at a face / no-face switch,
+at a keyframe and where indices jump. The callers decide *which* frames have a face and when a
+keyframe is due: :func:`face_mask` for a whole file (misses shorter than
+:data:`NO_FACE_SECONDS` are bridged by the crop smoother), ``sender.call`` frame by frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitstream import (
+    TIMESCALE,
+    EntropyModel,
+    Fill,
+    KeyframeUnit,
+    KeypointEncoder,
+    KeypointFrame,
+    NoFaceUnit,
+    ParamsUnit,
+    Unit,
+)
+from bitstream.units import MAX_REFS, MAX_UNIT_FRAMES
+from sender.keyframe import encode_keyframe
+
+#: A face missing for at least this long is "no face" (a shorter miss is the detector's, not
+#: the camera's: the crop holds its box through it).
+NO_FACE_SECONDS = 0.5
+
+
+def face_mask(detected: np.ndarray, fps: float, min_gap_s: float = NO_FACE_SECONDS) -> np.ndarray:
+    """Which frames of a file are coded as faces: (T,) bool detections -> (T,) bool.
+
+    Frames before the first detection have no face (the first keyframe is the first frame
+    with a face). After it, a run of frames without a detection is "no face" when it lasts at
+    least ``min_gap_s`` (also at the end of the clip); shorter runs are bridged."""
+    detected = np.asarray(detected, bool)
+    face = detected.copy()
+    if not detected.any():
+        return face
+    min_run = max(1, round(min_gap_s * fps))
+    first = int(np.argmax(detected))
+    i = first
+    n = len(detected)
+    while i < n:
+        if detected[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not detected[j]:
+            j += 1
+        if j - i < min_run:
+            face[i:j] = True  # a short miss: the smoothed box still holds the face
+        i = j
+    return face
+
+
+class SendCore:
+    """Cuts a sender's frames into units (see the module docstring).
+
+    Args:
+        params: the stream's parameter unit.
+        table: its entropy table.
+        frames_per_unit: frames per keypoint or no-face unit (files: 30; calls: a message's).
+        resync_period: frames between periodic resync units.
+        keyframe_codec, keyframe_quality: the keyframes' image codec (``sender.keyframe``).
+        fill: what the receiver shows for frames without a face.
+
+    ``keyframe(crop, index)``, ``face(index, pts, keypoints)``, ``no_face(index, pts)`` and
+    ``flush()`` return the units to send, in order. A face frame needs a keyframe in its segment
+    first (:attr:`needs_keyframe`).
+    """
+
+    def __init__(
+        self,
+        params: ParamsUnit,
+        table: EntropyModel,
+        *,
+        frames_per_unit: int,
+        resync_period: int,
+        keyframe_codec,
+        keyframe_quality: int,
+        fill: Fill = Fill.BLANK,
+    ) -> None:
+        if not 1 <= frames_per_unit <= MAX_UNIT_FRAMES:
+            raise ValueError(f"frames per unit must be 1..{MAX_UNIT_FRAMES}, got {frames_per_unit}")
+        self.params = params
+        self.frames_per_unit = frames_per_unit
+        self.keyframe_codec = keyframe_codec
+        self.keyframe_quality = keyframe_quality
+        self.fill = Fill(fill)
+        self.encoder = KeypointEncoder(params, table, resync_period=resync_period)
+        self.keyframes_sent = 0
+        self.refs: tuple[int, ...] = ()  # keyframes of the current face segment
+        self._faces: list[KeypointFrame] = []
+        self._gaps: list[tuple[int, int]] = []  # (index, pts) of frames without a face
+
+    @property
+    def needs_keyframe(self) -> bool:
+        """True at the start of a face segment, before its first keyframe."""
+        return not self.refs
+
+    def keyframe(self, crop: np.ndarray, index: int) -> list[Unit]:
+        """Send ``crop`` (S, S, 3) uint8, frame ``index``, as a keyframe of the current face
+        segment: the frames from here on are rebuilt from it too (the latest 16 at most)."""
+        units = self.flush()
+        image = encode_keyframe(crop, codec=self.keyframe_codec, quality=self.keyframe_quality)
+        keyframe_id = self.keyframes_sent
+        units.append(KeyframeUnit(keyframe_id, index, self.keyframe_codec, image))
+        self.keyframes_sent += 1
+        self.refs = (*self.refs, keyframe_id)[-MAX_REFS:]
+        return units
+
+    def face(self, index: int, pts: int, keypoints: np.ndarray) -> list[Unit]:
+        """One frame with a face: keypoints (K, 3) rows (x, y, strength)."""
+        if self.needs_keyframe:
+            raise ValueError(f"frame {index}: a face segment starts with a keyframe")
+        units = []
+        last = self._faces[-1] if self._faces else None
+        if self._gaps or (last is not None and (index != last.index + 1 or last.refs != self.refs)):
+            units = self.flush()
+        self._faces.append(KeypointFrame(index, pts, keypoints, self.refs))
+        if len(self._faces) >= self.frames_per_unit:
+            units += self.flush()
+        return units
+
+    def no_face(self, index: int, pts: int) -> list[Unit]:
+        """One frame without a face: it ends the face segment."""
+        units = []
+        if self._faces or (self._gaps and index != self._gaps[-1][0] + 1):
+            units = self.flush()
+        self.refs = ()
+        self._gaps.append((index, pts))
+        if len(self._gaps) >= self.frames_per_unit:
+            units += self.flush()
+        return units
+
+    def flush(self) -> list[Unit]:
+        """The unit of the frames waiting, if any."""
+        if self._faces:
+            unit = self.encoder.encode(self._faces)
+            self._faces = []
+            return [unit]
+        if self._gaps:
+            first = self._gaps[0][0]
+            pts = tuple(p for _, p in self._gaps)
+            nominal = tuple(self.params.nominal_pts(first + k) for k in range(len(pts)))
+            unit = NoFaceUnit(first, len(pts), self.fill, None if pts == nominal else pts)
+            self._gaps = []
+            return [unit]
+        return []
+
+
+def frame_ticks(seconds: float, index: int, params: ParamsUnit, previous: int) -> int:
+    """A frame's time in ticks of 1/90000 s (``bitstream.TIMESCALE``), strictly after
+    ``previous``. Within half a millisecond of its nominal time (``params.nominal_pts``) it is
+    the nominal time, so a constant-rate input whose container rounds timestamps (Matroska:
+    1 ms) costs no timestamp bytes."""
+    ticks = round(float(seconds) * TIMESCALE)
+    nominal = params.nominal_pts(index)
+    if abs(ticks - nominal) <= TIMESCALE // 2000:
+        ticks = nominal
+    return max(ticks, previous + 1)
+
+
+__all__ = ["NO_FACE_SECONDS", "SendCore", "face_mask", "frame_ticks"]
