@@ -72,15 +72,16 @@ class FrameBudget:
                     f"more than {self._allowance()}: it is too damaged, or forged to ask for "
                     "output it does not carry"
                 )
-        self.decoded += decoded
-        self.lost += sum(len(r) for r in lost)
-        if self.lost > self.decoded + self.max_gap:
+        total_decoded = self.decoded + decoded
+        total_lost = self.lost + sum(len(r) for r in lost)
+        if total_lost > total_decoded + self.max_gap:  # refused before it is counted
             raise BitstreamError(
-                f"the stream has lost {self.lost} frames against {self.decoded} decoded ones "
+                f"the stream has lost {total_lost} frames against {total_decoded} decoded ones "
                 f"(by frame {max((r.stop for r in lost), default=self.frames) - 1}); a stream may "
                 f"lose at most its decoded frames plus {self._allowance()}: it is too damaged, "
                 "or forged to ask for output it does not carry"
             )
+        self.decoded, self.lost = total_decoded, total_lost
 
     def _allowance(self) -> str:
         if self.fps:

@@ -1,4 +1,5 @@
-"""``iwcodec demo``: the bundled sample clip through the whole codec, with a summary.
+"""``iwcodec demo``: the bundled demo clip (a person the model never saw in training) through the
+whole codec, with a summary.
 
 sample -> face crop -> ``.iwc`` stream (sender) -> decoded from that file with fresh state
 (receiver) -> reconstruction video, a side-by-side video (face crop | reconstruction) and the
@@ -29,9 +30,11 @@ from sender.encoder import EncodeOptions, EncodeStats, crop_input, encode_frames
 DEFAULT_OUT_DIR = Path("iwcodec-demo")
 
 
-def sample_clip() -> Path:
-    """The bundled sample clip (iwcodec/samples/README.md gives its provenance)."""
-    return Path(str(resources.files("iwcodec") / "samples" / "sample.mp4"))
+def demo_clip() -> Path:
+    """The bundled demo clip: a validation clip, so its person is in no training clip and the
+    numbers the demo prints are what a new user gets (iwcodec/samples/README.md gives its
+    provenance)."""
+    return Path(str(resources.files("iwcodec") / "samples" / "demo.mp4"))
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,11 @@ def run_demo(
     max_frames: int | None = None,
     progress: bool = True,
 ) -> DemoResult:
-    """Encode, decode and score ``input_path`` (default: the bundled sample) into ``out_dir``.
+    """Encode, decode and score ``input_path`` (default: the bundled demo clip) into ``out_dir``.
 
     Writes ``<name>.iwc``, ``reconstruction.mp4``, ``side_by_side.mp4`` and ``demo.json``.
     """
-    src = Path(input_path) if input_path is not None else sample_clip()
+    src = Path(input_path) if input_path is not None else demo_clip()
     out = Path(out_dir)
     prepare_out_dir(out, src)
     start = time.perf_counter()

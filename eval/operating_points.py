@@ -34,8 +34,8 @@ from typing import Any
 from bitstream import CANDIDATE_STEPS, ImageCodec
 from eval.classic import CODECS, MODES, available_settings
 from iwcodec.errors import InputError
+from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting
 from sender.encoder import EncodeOptions
-from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting
 
 #: Classic codec targets (kbps): from below every encoder's floor to ~10x our default point.
 DEFAULT_TARGETS_KBPS: tuple[float, ...] = (2, 4, 8, 12, 16, 24, 32, 48, 64)

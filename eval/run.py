@@ -70,12 +70,11 @@ from eval.results import (
     write_json_atomically,
 )
 from iwcodec.errors import InputError, IWCodecError
+from iwcodec.keyframe import decode_keyframe, encode_keyframe, parse_codec
 from receiver.decoder import DecodeOptions, decode_frames
-from receiver.keyframe import decode_keyframe
 from sender.cache import clip_names, sha256_of
 from sender.crop import iter_crops
 from sender.encoder import crop_input, encode_frames, write_atomically
-from sender.keyframe import encode_keyframe, parse_codec
 
 RUN_FILE = "run.json"
 CLIP_CACHE_VERSION = 2  # 2: boxes.npy and the crops' digest

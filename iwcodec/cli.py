@@ -3,7 +3,7 @@
     iwcodec encode IN -o OUT.iwc        video file -> iwcodec stream
     iwcodec decode IN.iwc -o OUT.mp4    stream -> video (.mp4 H.264, .mkv lossless)
     iwcodec info IN.iwc                 units, bytes and kbps per unit type
-    iwcodec demo                        bundled sample -> encode -> decode -> side by side
+    iwcodec demo                        bundled demo clip -> encode -> decode -> side by side
     iwcodec eval CLIP... --out DIR      rate-quality evaluation against classic codecs
     iwcodec train ...                   train the model (codec.train)
     iwcodec signal --token T            signaling server for calls (rooms, shared token)
@@ -158,12 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe an iwcodec stream: units, bytes, kbps")
     p.add_argument("input", type=Path, help="iwcodec stream (.iwc)")
 
-    p = sub.add_parser("demo", help="run the bundled sample through the codec and score it")
+    p = sub.add_parser(
+        "demo",
+        help="run the bundled demo clip (a person the model never saw) through the codec and score it",
+    )
     p.add_argument(
         "--out-dir", type=Path, default=Path("iwcodec-demo"), help="default: ./iwcodec-demo"
     )
     p.add_argument(
-        "--input", type=Path, default=None, help="another video instead of the bundled sample"
+        "--input", type=Path, default=None, help="another video instead of the bundled demo clip"
     )
     p.add_argument("--max-frames", type=_frames, default=None, help="use only the first N frames")
     _model_options(p)
@@ -368,8 +371,8 @@ def load(args: argparse.Namespace):
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from bitstream import CANDIDATE_STEPS, Fill
+    from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting, parse_codec
     from sender.encoder import EncodeOptions, encode_file
-    from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting, parse_codec
 
     codec = parse_codec(args.keyframe_codec) if args.keyframe_codec else DEFAULT_CODEC
     quality = args.keyframe_quality if args.keyframe_quality is not None else DEFAULT_QUALITY

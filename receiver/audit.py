@@ -28,7 +28,7 @@ from bitstream import (
 )
 from bitstream.budget import DEFAULT_MAX_GAP_SECONDS, FrameBudget
 from iwcodec.errors import BitstreamError
-from receiver.keyframe import decode_keyframe
+from iwcodec.keyframe import decode_keyframe
 
 
 def check_keyframe(unit: KeyframeUnit, params: ParamsUnit) -> np.ndarray:

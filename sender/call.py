@@ -161,6 +161,7 @@ class CallSender:
             keyframe_codec=coding.keyframe_codec,
             keyframe_quality=coding.keyframe_quality,
             fill=coding.no_face,
+            detect=lambda picture: detect_batch(model, picture[None])[0],
         )
         self._tracker: FaceTracker | None = None
         self._stream_start: int | None = None  # source index of stream frame 0

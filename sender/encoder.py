@@ -59,10 +59,10 @@ from iwcodec.errors import (
     ModelMismatchError,
     NoFaceError,
 )
+from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY
 from iwcodec.outputs import check_output
 from sender.core import SendCore, face_mask, frame_ticks
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
-from sender.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY
 
 KEYFRAME_ID = 0
 
@@ -73,7 +73,7 @@ class EncodeOptions:
 
     Attributes:
         keyframe_codec, keyframe_quality: image codec of the keyframe and its quality
-            (``sender.keyframe`` defaults, chosen by the keyframe codec study).
+            (``iwcodec.keyframe`` defaults, chosen by the keyframe codec study).
         xy_steps, s_steps: keypoint quantization (docs/bitstream.md 5.1).
         entropy_table: shipped prior table (``bitstream.load_prior``); ``None`` picks the one
             fitted for ``xy_steps``/``s_steps`` when it exists, else the default table.
@@ -340,6 +340,7 @@ def encode_crops(
         keyframe_codec=options.keyframe_codec,
         keyframe_quality=options.keyframe_quality,
         fill=options.no_face,
+        detect=lambda picture: detect_batch(model, picture[None])[0],
     )
     writer = StreamWriter(out)
     counts = dict.fromkeys(("params", "keyframes", "keypoints", "end"), 0)

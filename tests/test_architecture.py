@@ -16,6 +16,8 @@ FORBIDDEN = {
     "receiver": {"sender", "eval"},
     "eval": set(),
 }
+# iwcodec/ holds the command line (which may import everything) and leaves every folder uses.
+LEAF_FORBIDDEN = {"torch", "codec", "sender", "receiver", "eval", "kernels"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -27,6 +29,17 @@ def imported_roots(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
     return roots
+
+
+def test_shared_leaves_import_no_half():
+    bad = []
+    for path in sorted((ROOT / "iwcodec").glob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        wrong = imported_roots(path) & LEAF_FORBIDDEN
+        if wrong:
+            bad.append(f"{path.relative_to(ROOT)} imports {sorted(wrong)}")
+    assert not bad, "\n".join(bad)
 
 
 @pytest.mark.parametrize("folder", sorted(FORBIDDEN))

@@ -18,6 +18,7 @@ import torch
 from bitstream import TIMESCALE, ImageCodec, KeyframeUnit, KeypointEncoder, KeypointFrame
 from bitstream.synthetic import synthetic_track
 from iwcodec.errors import CallError
+from iwcodec.keyframe import encode_keyframe
 from receiver import control
 from receiver.call import PROTOCOL, check_peer
 from receiver.decoder import Decoder
@@ -26,7 +27,6 @@ from receiver.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from sender.call import auto_frames_per_message
 from sender.core import SendCore
 from sender.encoder import EncodeOptions, entropy_model, stream_params
-from sender.keyframe import encode_keyframe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 call_measure = importlib.import_module("tools.call_measure")

@@ -21,10 +21,9 @@ import pytest
 import torch
 
 from bitstream import ImageCodec
+from iwcodec.keyframe import decode_keyframe, encode_keyframe
 from receiver.call import CallHooks
-from receiver.keyframe import decode_keyframe
 from receiver.rtc import can_gather_host_candidates
-from sender.keyframe import encode_keyframe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 call_measure = importlib.import_module("tools.call_measure")

@@ -239,8 +239,8 @@ def test_demo_writes_its_outputs(capsys, work, weights) -> None:
     assert status == 0
     report = json.loads((out_dir / "demo.json").read_text())
     assert report["frames"] == report["decoded_frames"] == 20
-    assert report["fps"] == [35, 1]
-    stream = out_dir / "sample.iwc"
+    assert report["fps"] == [30, 1]  # the bundled demo clip, a validation clip
+    stream = out_dir / "demo.iwc"
     assert report["bytes"]["total"] == stream.stat().st_size
     for key in ("reconstruction", "side_by_side"):
         assert Path(report["outputs"][key]).is_file()

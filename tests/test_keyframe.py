@@ -1,4 +1,4 @@
-"""sender/keyframe.py + receiver/keyframe.py: round trips per codec, and damaged bytes -> BitstreamError."""
+"""iwcodec/keyframe.py: round trips per codec, and damaged bytes -> BitstreamError."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from _media import SAMPLE
 
 from bitstream.units import ImageCodec
 from iwcodec.errors import BitstreamError, InputError
-from receiver.keyframe import decode_keyframe, keyframe_size
-from sender.keyframe import (
+from iwcodec.keyframe import (
     DEFAULT_CODEC,
     DEFAULT_QUALITY,
+    decode_keyframe,
     encode_keyframe,
+    keyframe_size,
     native_setting,
     parse_codec,
 )

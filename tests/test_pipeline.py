@@ -34,6 +34,7 @@ from bitstream import (
 from codec.model import ImplicitWarpingModel
 from codec.weights import load_model
 from iwcodec.errors import BitstreamError, IWCodecError, ModelMismatchError
+from iwcodec.keyframe import decode_keyframe
 from receiver.decoder import (
     DecodeOptions,
     Decoder,
@@ -42,7 +43,6 @@ from receiver.decoder import (
     find_entropy_model,
     inspect_stream,
 )
-from receiver.keyframe import decode_keyframe
 from receiver.writer import VideoWriter, temporary_path, write_video
 from sender.encoder import EncodeOptions, crop_input, encode_file, encode_frames
 
@@ -128,7 +128,8 @@ def test_decoder_renders_from_the_decoded_keyframe_and_quantized_keypoints(
     stream, model, clip
 ) -> None:
     """An independent recomputation of the receiver's path: keyframe decoded from the stream,
-    its keypoints by the detector, driving keypoints exactly as quantized."""
+    its keypoints by the detector, driving keypoints exactly as quantized; the keyframe's own
+    frame is driven by the decoded keyframe's keypoints (the sender's closed loop)."""
     path, _ = stream
     decoded, _ = decode_frames(path, model, QUIET_DEC)
     units = list(read_units(path))
@@ -141,6 +142,7 @@ def test_decoder_renders_from_the_decoded_keyframe_and_quantized_keypoints(
         src = model.encode_source(src_img, kp_s, s_s)
         drv = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255
         kp, s = model.detect(drv)
+        kp[key.frame_index], s[key.frame_index] = kp_s[0], s_s[0]
         q = reconstruct(
             torch.cat([kp, s[..., None]], -1).numpy(), params.xy_steps, params.s_steps
         )  # (T, K, 3) what the receiver sees

@@ -5,8 +5,13 @@
 Builds a corpus of valid streams, then feeds ``--inputs`` mutated inputs (bit flips, byte
 overwrites, truncations, splices of two streams, inserted/deleted/duplicated runs, random unit
 lengths, inserted start codes, units re-CRC'd after mutating their body so the body parsers and
-the range decoder see damage the CRC would have caught, and pure garbage) through
-``read_units``, ``parse_packet`` and a ``KeypointDecoder``. Every input runs in a worker
+the range decoder see damage the CRC would have caught, and pure garbage) and structure-aware
+forgeries with valid CRCs (keypoint, no-face and end units re-built with forged indices,
+counts, refs, flags and timestamps; hostile streams of resync units far apart, issue 17 row 4)
+through ``read_units``, ``parse_packet``, a ``KeypointDecoder`` and the frame budget that
+``iwcodec decode`` and ``info`` apply (``bitstream.budget.FrameBudget``): the frames a decoder
+would output are counted per input, and more than the budget's ``2 * decoded + max_gap`` is a
+failure. Every input runs in a worker
 process watched by the parent: an input that takes longer than ``--timeout`` seconds is a
 hang, a worker whose RSS exceeds ``--rss-mb`` is killed and counted; both restart the worker
 after that input. Exceptions outside ``IWCodecError`` are crashes; the offending inputs are
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import json
 import multiprocessing as mp
 import os
@@ -32,15 +38,26 @@ import numpy as np
 
 from bitstream import (
     BitstreamWarning,
+    EndUnit,
+    Fill,
+    ImageCodec,
+    KeyframeUnit,
     KeypointDecoder,
+    KeypointEncoder,
+    KeypointFrame,
     KeypointUnit,
+    NoFaceUnit,
     ParamsUnit,
+    StreamWriter,
+    encode_track,
     load_prior,
     parse_packet,
+    parse_unit,
     read_units,
 )
-from bitstream.synthetic import example_stream
-from bitstream.units import START_CODE, split_unit
+from bitstream.budget import FrameBudget
+from bitstream.synthetic import example_params, example_stream, forged_gap_stream, synthetic_track
+from bitstream.units import MAX_FRAME_INDEX, MAX_UNIT_FRAMES, START_CODE, split_unit
 from bitstream.wire import encode_uvarint
 from iwcodec.errors import IWCodecError
 
@@ -56,6 +73,8 @@ MUTATORS = (
     "startcode",
     "recrc",
     "garbage",
+    "forge",
+    "gaps",
 )
 
 
@@ -66,7 +85,34 @@ def build_corpus(seed: int = 0) -> list[bytes]:
     for frames, k, fpu, period in [(24, 20, 6, 12), (10, 3, 1, 4), (60, 20, 30, 30), (9, 1, 3, 6)]:
         data, _ = example_stream(rng, frames, k, fpu, period, model)
         corpus.append(data)
+    corpus.append(_faces_come_and_go(rng, model))
     return corpus
+
+
+def _faces_come_and_go(rng: np.random.Generator, model) -> bytes:
+    """A valid stream as the sender writes one where the face leaves and comes back: a
+    keyframe, 12 face frames, 7 NO_FACE frames (one with explicit timestamps), a second
+    keyframe, 10 face frames from it (a resync unit first), the end unit."""
+    params = example_params(model, 20)
+    track = synthetic_track(rng, 29, 20)  # (29, K, 3)
+    encoder = KeypointEncoder(params, model, resync_period=8)
+    out = io.BytesIO()
+    writer = StreamWriter(out)
+    writer.write(params)
+    writer.write(KeyframeUnit(0, 0, ImageCodec.WEBP, rng.bytes(40)))
+    first = [KeypointFrame(i, params.nominal_pts(i), track[i], (0,)) for i in range(12)]
+    for unit in encode_track(first, encoder, 5):
+        writer.write(unit)
+    writer.write(NoFaceUnit(12, 4, Fill.BLANK))
+    pts = tuple(params.nominal_pts(16) + 7 * k for k in range(3))
+    writer.write(NoFaceUnit(16, 3, Fill.HOLD, pts))
+    writer.write(KeyframeUnit(1, 19, ImageCodec.WEBP, rng.bytes(40)))
+    encoder.request_resync()
+    second = [KeypointFrame(i, params.nominal_pts(i), track[i], (1,)) for i in range(19, 29)]
+    for unit in encode_track(second, encoder, 4):
+        writer.write(unit)
+    writer.finish()
+    return out.getvalue()
 
 
 def _unit_spans(data: bytes) -> list[tuple[int, int]]:
@@ -127,7 +173,86 @@ def mutate(corpus: list[bytes], spans: list[list[tuple[int, int]]], seed: int, i
             data = bytearray(rng.bytes(int(rng.integers(0, 512))))
             if rng.random() < 0.5:
                 data[0:0] = corpus[which][: int(rng.integers(40))]
+        elif kind == "forge":
+            try:
+                data = bytearray(_forge_unit(bytes(data), rng))
+            except IWCodecError:  # an earlier round left no unit to re-build
+                pass
+        elif kind == "gaps":
+            data = bytearray(_hostile_gaps(corpus[which], rng))
+            break
     return bytes(data)
+
+
+def _index(rng: np.random.Generator, near: int, count: int) -> int:
+    """A forged frame index: near the true one, far ahead, behind, or at the top of the range."""
+    top = MAX_FRAME_INDEX - count + 1
+    choice = rng.random()
+    if choice < 0.4:
+        value = near + int(rng.integers(-3, 4))
+    elif choice < 0.7:
+        value = near + int(rng.choice([60, 1000, 2000, 2**16, 2**24]))
+    elif choice < 0.85:
+        value = int(rng.integers(0, max(1, near + 1)))
+    else:
+        value = top - int(rng.integers(0, 3))
+    return min(max(value, 0), top)
+
+
+def _forge_unit(data: bytes, rng: np.random.Generator) -> bytes:
+    """Re-build one keypoint, no-face or end unit with forged fields (and a valid CRC), or
+    insert a forged no-face unit: the structure the parsers accept, the meaning a liar picks."""
+    spans = _unit_spans(data)
+    units = [(at, size, parse_unit(data[at : at + size])[0]) for at, size in spans]
+    kinds = [
+        k for k, (_, _, u) in enumerate(units) if isinstance(u, (KeypointUnit, NoFaceUnit, EndUnit))
+    ]
+    if not kinds:
+        return data
+    at, size, unit = units[kinds[int(rng.integers(len(kinds)))]]
+    if isinstance(unit, EndUnit):
+        total = int(rng.choice([0, unit.total_frames + 1, 2**20, 2**32]))
+        forged = EndUnit(total, int(rng.integers(0, 3)))
+    elif isinstance(unit, KeypointUnit) and rng.random() < 0.7:
+        count = unit.count if rng.random() < 0.5 else int(rng.integers(1, MAX_UNIT_FRAMES + 1))
+        refs = (
+            unit.refs
+            if rng.random() < 0.7
+            else tuple(int(r) for r in rng.integers(0, 5, 1 + int(rng.integers(3))))
+        )
+        pts = None
+        if rng.random() < 0.2:
+            pts = tuple(
+                int(p)
+                for p in np.cumsum(rng.integers(1, 5000, count)) - int(rng.integers(0, 2**20))
+            )
+        resync = unit.resync if rng.random() < 0.7 else not unit.resync
+        forged = KeypointUnit(
+            _index(rng, unit.first_index, count), count, refs, resync, pts, unit.payload
+        )
+    else:
+        count = int(rng.integers(1, MAX_UNIT_FRAMES + 1))
+        forged = NoFaceUnit(_index(rng, unit.first_index, count), count, Fill(int(rng.integers(2))))
+        if rng.random() < 0.5:  # inserted before the unit rather than in its place
+            return data[:at] + forged.to_bytes() + data[at:]
+    return data[:at] + forged.to_bytes() + data[at + size :]
+
+
+def _hostile_gaps(stream: bytes, rng: np.random.Generator) -> bytes:
+    """Issue 17, row 4: resync units far apart (and an end unit that may count further),
+    with the corpus stream's parameters and keyframe."""
+    head = list(read_units(stream))
+    params = head[0]
+    keyframes = [u for u in head if isinstance(u, KeyframeUnit)][:1]
+    return forged_gap_stream(
+        params,
+        keyframes,
+        units=int(rng.integers(1, 400)),
+        spacing=int(rng.choice([2, 60, 1800, 2000, 10_000])),
+        frames_per_unit=int(rng.integers(1, 4)),
+        end_total=None if rng.random() < 0.5 else int(rng.integers(0, 2**32)),
+        rng=rng,
+    )
 
 
 def _mutate_body_keep_crc(data: bytes, spans, rng) -> bytes:
@@ -156,6 +281,7 @@ def run_one(data: bytes, model, depth: collections.Counter) -> str:
     ``depth`` counts how far inputs got: units read, keypoint units decoded or lost, warnings.
     """
     outcome = "ok"
+    budget = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -164,6 +290,7 @@ def run_one(data: bytes, model, depth: collections.Counter) -> str:
                 depth["units_read"] += 1
                 if isinstance(unit, ParamsUnit):
                     decoder = KeypointDecoder(unit, model) if unit.entropy_id == model.id else None
+                    budget = FrameBudget.for_rate(unit.fps)
                 elif isinstance(unit, KeypointUnit) and decoder is not None:
                     try:
                         res = decoder.decode(unit)
@@ -174,8 +301,22 @@ def run_one(data: bytes, model, depth: collections.Counter) -> str:
                     for frame in res.frames:
                         if not np.all(np.isfinite(frame.keypoints)):
                             raise AssertionError("decoder produced non-finite keypoints")
+                    budget.add(len(res.frames), res.lost)
+                elif isinstance(unit, NoFaceUnit) and decoder is not None:
+                    res = decoder.skip(unit)
+                    depth["frames_no_face"] += len(res.no_face)
+                    depth["frames_lost"] += res.num_lost
+                    budget.add(len(res.no_face), res.lost)
+                elif isinstance(unit, EndUnit) and decoder is not None:
+                    budget.add(0, decoder.finish(unit.total_frames).lost)
         except IWCodecError as exc:
             outcome = type(exc).__name__
+        if budget is not None:
+            # What a decoder would have output before it stopped; the budget's promise.
+            if budget.frames > 2 * budget.decoded + budget.max_gap:
+                raise AssertionError(f"{budget.frames} frames out of {budget.decoded} decoded")
+            depth["frames_out"] += budget.frames
+            depth["max_frames_per_byte_x1000"] = int(1000 * budget.frames / max(1, len(data)))
         try:
             parse_packet(data)
         except IWCodecError:
@@ -194,6 +335,7 @@ def worker(conn, seed: int, indices: list[int]) -> None:
     corpus = build_corpus()
     spans = [_unit_spans(c) for c in corpus]
     model = load_prior()
+    conn.send((None, "ready", None))  # the parent times inputs from here, not from the spawn
     for i in indices:
         data = mutate(corpus, spans, seed, i)
         depth: collections.Counter[str] = collections.Counter()
@@ -234,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     crashes, hangs, memory = [], [], []
     depth_total: collections.Counter[str] = collections.Counter()
     slowest = 0.0
+    per_byte = 0.0  # most frames a decoder would output per input byte
     peak_kb = 0
     start = time.perf_counter()
     live = {}
@@ -261,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc.join()
                 del live[w]
                 continue
+            if outcome == "ready":
+                live[w] = (proc, parent, time.perf_counter())
+                continue
             if i is None:
                 del live[w]
                 continue
@@ -269,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes[outcome] += 1
             if isinstance(detail, dict):
                 slowest = max(slowest, detail.pop("max_input_ms"))
+                per_byte = max(per_byte, detail.pop("max_frames_per_byte_x1000", 0) / 1000)
                 depth_total.update(detail)
             by_mutator[f"{MUTATORS[i % len(MUTATORS)]}:{outcome}"] += 1
             if outcome in ("crash", "died"):
@@ -314,8 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         "memory_kills": outcomes["memory"],
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "slowest_input_ms": slowest,
+        "max_frames_out_per_byte": per_byte,
         "depth": dict(depth_total),
         "seconds": round(elapsed, 1),
+        # Replay one with mutate(build_corpus(), spans, seed, index); also saved under --out.
+        "bad_inputs": [[i, "crash"] for i, _ in crashes]
+        + [[i, "hang"] for i in hangs]
+        + [[i, "memory"] for i in memory],
         "per_mutator": dict(sorted(by_mutator.items())),
     }
     print(json.dumps(summary, indent=1))

@@ -2,8 +2,8 @@
 
 Takes face crops from a crop cache (by default the validation clips, never used for
 training): the first frame of each clip plus ``--extra`` evenly spaced frames. Each codec of
-``sender.keyframe`` is swept over its quality scale; every payload is decoded with
-``receiver.keyframe.decode_keyframe`` (fresh decoder, as the receiver does) and scored against
+``iwcodec.keyframe`` is swept over its quality scale; every payload is decoded with
+``iwcodec.keyframe.decode_keyframe`` (fresh decoder, as the receiver does) and scored against
 the crop. Curves are compared at fixed sizes (3, 5, 8, 12, 15 KB) by interpolating each
 codec's mean PSNR over log-bytes, and BD-rate style as the mean size ratio at equal PSNR.
 
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
-import sender.keyframe as skf
+import iwcodec.keyframe as skf
 from bitstream.units import ImageCodec
-from receiver.keyframe import decode_keyframe
+from iwcodec.keyframe import decode_keyframe
 
 QUALITIES = {
     ImageCodec.WEBP: [5, 15, 25, 35, 45, 55, 65, 75, 85, 92, 97, 100],
