@@ -40,9 +40,9 @@ import numpy as np
 from bitstream import KeyframePacer, KeyframeUnit, ParamsUnit, pacing
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import InputError
-from sender.core import NO_FACE_SECONDS, SendCore
+from sender.core import NO_FACE_SECONDS
 from sender.crop import CropConfig, FaceTracker, cut_square
-from sender.encoder import EncodeOptions, detect_batch, entropy_model, stream_params
+from sender.encoder import EncodeOptions, detect_batch, entropy_model, send_core, stream_params
 from sender.live import (
     DEFAULT_AUDIO_BITRATE,
     DEFAULT_AUDIO_FRAME_MS,
@@ -153,16 +153,7 @@ class CallSender:
             OpusTrack(audio, options.audio_bitrate, options.audio_frame_ms) if audio else None
         )
         self.stats = SenderStats()
-        self._core = SendCore(
-            self.params,
-            self.table,
-            frames_per_unit=self.frames_per_message,
-            resync_period=coding.resync_period,
-            keyframe_codec=coding.keyframe_codec,
-            keyframe_quality=coding.keyframe_quality,
-            fill=coding.no_face,
-            detect=lambda picture: detect_batch(model, picture[None])[0],
-        )
+        self._core = send_core(model, self.params, self.table, coding, self.frames_per_message)
         self._tracker: FaceTracker | None = None
         self._stream_start: int | None = None  # source index of stream frame 0
         self._times: dict[int, float] = {}  # capture times of frames not yet sent, by index

@@ -217,6 +217,27 @@ def batches(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
+def send_core(
+    model: ImplicitWarpingModel,
+    params: ParamsUnit,
+    table: EntropyModel,
+    options: EncodeOptions,
+    frames_per_unit: int,
+) -> SendCore:
+    """The send core of a stream coded with ``options`` (files and calls alike), closed on the
+    model's own detector: a keyframe's frame is sent with the keypoints of the decoded keyframe."""
+    return SendCore(
+        params,
+        table,
+        frames_per_unit=frames_per_unit,
+        resync_period=options.resync_period,
+        keyframe_codec=options.keyframe_codec,
+        keyframe_quality=options.keyframe_quality,
+        fill=options.no_face,
+        detect=lambda picture: detect_batch(model, picture[None])[0],
+    )
+
+
 @torch.inference_mode()
 def detect_batch(model: ImplicitWarpingModel, frames: np.ndarray) -> np.ndarray:
     """Keypoints of a batch: (B, H, W, 3) uint8 -> (B, K, 3) float32 rows (x, y, strength),
@@ -332,16 +353,7 @@ def encode_crops(
     indices = check_keyframe_indices(options.keyframe_indices)
     table = entropy_model(options)
     params = stream_params(model, fps, options, table)
-    core = SendCore(
-        params,
-        table,
-        frames_per_unit=options.frames_per_unit,
-        resync_period=options.resync_period,
-        keyframe_codec=options.keyframe_codec,
-        keyframe_quality=options.keyframe_quality,
-        fill=options.no_face,
-        detect=lambda picture: detect_batch(model, picture[None])[0],
-    )
+    core = send_core(model, params, table, options, options.frames_per_unit)
     writer = StreamWriter(out)
     counts = dict.fromkeys(("params", "keyframes", "keypoints", "end"), 0)
     counts["params"] = writer.write(params)
