@@ -85,7 +85,7 @@ def verdicts(capsys, work: Path, weights: Path, name: str, data: bytes):
 def rows_add_up(stdout: str, size: int) -> None:
     rows = dict(
         (m[1], int(m[2]))
-        for m in re.finditer(r"^(\w[\w ]*?)\s+(?:\d+\s+)?(\d+)(?:\s+[\d.]+)?$", stdout, re.M)
+        for m in re.finditer(r"^(\w[\w ]*?)\s+(?:\d+\s+)?(\d+)(?:\s+[\d.]+)?[ ]*$", stdout, re.M)
     )
     total = rows.pop("total")
     assert total == size and sum(rows.values()) == size, rows
@@ -182,3 +182,12 @@ def test_truncation_and_damage_agree(capsys, work, weights, encoded) -> None:
     hurt[key.offset + key.size // 2] ^= 0x10
     status, stdout, _ = verdicts(capsys, work, weights, "hurt", bytes(hurt))
     assert status == 0 and "lost:        16 frames" in stdout
+
+
+def test_two_streams_in_one_file_are_refused_and_info_adds_up(capsys, work, weights, encoded):
+    data = encoded.read_bytes()
+    status, stdout, message = verdicts(capsys, work, weights, "twice", data + data)
+    assert status == 2
+    assert message.startswith(f"a second stream starts at byte {len(data)}"), message
+    assert re.search(rf"^after end\s+{len(data)}\s*$", stdout, re.M), stdout
+    rows_add_up(stdout, 2 * len(data))
