@@ -692,9 +692,9 @@ class StreamInfo:
                 f"{self.kbps(self.damaged_bytes):>10.2f}"
             )
         if self.tail_bytes:
-            lines.append(f"{'cut tail':<12}{'':>7}{self.tail_bytes:>11}{'':>10}")
+            lines.append(f"{'cut tail':<12}{'':>7}{self.tail_bytes:>11}")
         if self.after_end_bytes:
-            lines.append(f"{'after end':<12}{'':>7}{self.after_end_bytes:>11}{'':>10}")
+            lines.append(f"{'after end':<12}{'':>7}{self.after_end_bytes:>11}")
         lines.append(
             f"{'total':<12}{sum(self.units.values()):>7}{self.file_bytes:>11}"
             f"{self.kbps(self.file_bytes):>10.2f}"
