@@ -57,8 +57,8 @@ AV1_PRESET = (
 )
 
 
-def parse_codec(codec: ImageCodec | str | int) -> ImageCodec:
-    """ImageCodec from itself, its name (any case) or its number; InputError otherwise."""
+def _lookup(codec: ImageCodec | str | int) -> ImageCodec | None:
+    """ImageCodec from itself, its name (any case) or its number; None when it is none."""
     if isinstance(codec, ImageCodec):
         return codec
     try:
@@ -66,8 +66,16 @@ def parse_codec(codec: ImageCodec | str | int) -> ImageCodec:
             return ImageCodec[codec.strip().upper()]
         return ImageCodec(int(codec))
     except (KeyError, ValueError, TypeError):
+        return None
+
+
+def parse_codec(codec: ImageCodec | str | int) -> ImageCodec:
+    """A codec a user names (:func:`_lookup`); InputError when it is none."""
+    found = _lookup(codec)
+    if found is None:
         names = ", ".join(c.name.lower() for c in ImageCodec)
-        raise InputError(f"unknown keyframe codec {codec!r} (known: {names})") from None
+        raise InputError(f"unknown keyframe codec {codec!r} (known: {names})")
+    return found
 
 
 def native_setting(codec: ImageCodec | str | int, quality: int) -> dict[str, int]:
@@ -182,14 +190,11 @@ _JPEG_SOF = {m for m in range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
 
 
 def _codec(codec: ImageCodec | str | int) -> ImageCodec:
-    try:
-        if isinstance(codec, ImageCodec):
-            return codec
-        if isinstance(codec, str):
-            return ImageCodec[codec.strip().upper()]
-        return ImageCodec(int(codec))
-    except (KeyError, ValueError, TypeError):
-        raise BitstreamError(f"keyframe: unknown image codec {codec!r}") from None
+    """A codec a stream names (:func:`_lookup`); BitstreamError when it is none."""
+    found = _lookup(codec)
+    if found is None:
+        raise BitstreamError(f"keyframe: unknown image codec {codec!r}")
+    return found
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
