@@ -8,6 +8,7 @@
     iwcodec train ...                   train the model (codec.train)
     iwcodec signal --token T            signaling server for calls (rooms, shared token)
     iwcodec call --room R --signal URL  one peer of a live call (docs/calls.md)
+    iwcodec fuzz --inputs N             mutation-fuzz the stream parser and decoder
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
 no traceback; :class:`BitstreamWarning` s as ``iwcodec: warning: <message>`` lines. Usage and
@@ -301,7 +302,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeline", action="store_true", help="with --stats: per-frame times (latency)"
     )
     _model_options(p)
+
+    p = sub.add_parser(
+        "fuzz",
+        help="mutation-fuzz the stream parser and keypoint decoder (docs/bitstream.md 8.4)",
+        description="Mutated and forged streams through the parser, the keypoint decoder and "
+        "the decoder's frame budget, each input in a watched worker process. Prints a JSON "
+        "summary; exit status 1 if any input crashed, hung or ran out of memory (those inputs "
+        "are saved under --out).",
+    )
+    p.add_argument("--inputs", type=_whole(1), default=100_000, help="inputs to run (100000)")
+    p.add_argument("--workers", type=_whole(1, 256), default=2, help="worker processes (2)")
+    p.add_argument("--seed", type=_whole(0), default=1, help="input i is a function of (seed, i)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, help="seconds one input may take (5)")
+    p.add_argument(
+        "--rss-mb", type=_megabytes, default=1024.0, help="memory bound per worker (1024)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path(".cache/fuzz"), help="where bad inputs are saved"
+    )
     return parser
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
+    return value
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -567,6 +597,25 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    import json
+
+    from bitstream.fuzz import FuzzOptions, run_fuzz
+
+    # One thread per worker process: the workers, not numpy's thread pools, use the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    options = FuzzOptions(args.inputs, args.workers, args.seed, args.timeout, args.rss_mb, args.out)
+    summary = run_fuzz(options)
+    print(json.dumps(summary, indent=1))
+    if summary["bad_inputs"]:
+        print(
+            f"iwcodec fuzz: {len(summary['bad_inputs'])} bad inputs, saved under {args.out}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 COMMANDS = {
     "encode": cmd_encode,
     "decode": cmd_decode,
@@ -575,6 +624,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "signal": cmd_signal,
     "call": cmd_call,
+    "fuzz": cmd_fuzz,
 }
 
 

@@ -1,15 +1,11 @@
 """Property-based fuzzing of the parser (a modest number of examples; the 100k-input run is
-tools/bitstream_fuzz.py), and a smoke run of that tool."""
+``iwcodec fuzz``, bitstream/fuzz.py), and short runs of that fuzzer."""
 
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +17,15 @@ from bitstream import (
     KeypointDecoder,
     KeypointUnit,
     ParamsUnit,
+    fuzz,
     load_prior,
     read_units,
 )
 from bitstream.synthetic import example_stream
 from bitstream.units import parse_packet, parse_unit
+from iwcodec.cli import main
 from iwcodec.errors import IWCodecError
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bitstream_fuzz.py"
 MODEL = load_prior()
 STREAM, _ = example_stream(np.random.default_rng(3), frames=20, frames_per_unit=5, resync_period=10)
 
@@ -91,32 +88,55 @@ def test_arbitrary_bytes_raise_only_project_errors(data):
     consume(STREAM[:40] + data)
 
 
-def test_fuzz_tool_smoke():
-    spec = importlib.util.spec_from_file_location("bitstream_fuzz", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    corpus = tool.build_corpus()
-    spans = [tool._unit_spans(c) for c in corpus]
+def test_fuzz_inputs_are_replayable_and_reach_the_decoder():
+    corpus = fuzz.build_corpus()
+    spans = [fuzz._unit_spans(c) for c in corpus]
     depth: collections.Counter = collections.Counter()
     outcomes = collections.Counter(
-        tool.run_one(tool.mutate(corpus, spans, 7, i), MODEL, depth) for i in range(330)
+        fuzz.run_one(fuzz.mutate(corpus, spans, 7, i), MODEL, depth) for i in range(330)
     )
     assert outcomes["ok"] > 50 and sum(outcomes.values()) == 330
     assert depth["frames_decoded"] > 0 and depth["frames_lost"] > 0
-    assert tool.mutate(corpus, spans, 7, 12) == tool.mutate(corpus, spans, 7, 12)
+    assert fuzz.mutate(corpus, spans, 7, 12) == fuzz.mutate(corpus, spans, 7, 12)
 
 
 @pytest.mark.slow
-def test_fuzz_tool_end_to_end(tmp_path):
-    """The tool itself, with its worker processes and watchdog."""
-    proc = subprocess.run(
-        [sys.executable, str(TOOL), "--inputs", "400", "--workers", "1", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=TOOL.parents[1],
-    )
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
+def test_fuzz_command_end_to_end(tmp_path, capsys):
+    """``iwcodec fuzz`` itself, with its worker processes and watchdog."""
+    assert main(["fuzz", "--inputs", "400", "--workers", "1", "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["inputs"] == 400 and summary["crashes"] == 0 and summary["hangs"] == 0
-    assert summary["peak_rss_mb"] > 0
+    assert summary["peak_rss_mb"] > 0 and sum(summary["per_mutator"].values()) == 400
+    assert not list(tmp_path.iterdir())  # nothing bad, nothing saved
+
+
+@pytest.mark.slow
+def test_fuzz_command_counts_and_saves_memory_kills(tmp_path, capsys):
+    """A memory bound no Python process can meet: every worker is killed on its first input,
+    which is counted, saved for replay, and makes the exit status 1."""
+    status = main(
+        ["fuzz", "--inputs", "2", "--workers", "1", "--rss-mb", "1", "--out", str(tmp_path)]
+    )
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert status == 1 and "2 bad inputs" in err
+    assert summary["memory_kills"] == 2 and summary["bad_inputs"] == [[0, "memory"], [1, "memory"]]
+    corpus = fuzz.build_corpus()
+    spans = [fuzz._unit_spans(c) for c in corpus]
+    assert (tmp_path / "input_1.bin").read_bytes() == fuzz.mutate(corpus, spans, 1, 1)
+    assert (tmp_path / "input_1.txt").read_text() == "memory"
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--inputs", "0"], ("--inputs", "whole number >= 1")),
+        (["--workers", "x"], ("--workers", "1..256")),
+        (["--timeout", "-1"], ("--timeout", "positive number of seconds")),
+        (["--rss-mb", "0"], ("--rss-mb", "positive number of MiB")),
+    ],
+)
+def test_fuzz_usage_errors(capsys, argv, words):
+    assert main(["fuzz", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iwcodec: error: fuzz:") and all(w in err for w in words), err

@@ -1,37 +1,34 @@
-"""Mutation fuzzing of the bitstream parser and keypoint decoder.
+"""Mutation fuzzing of the bitstream parser and keypoint decoder (``iwcodec fuzz``).
 
-    /work/venv/bin/python tools/bitstream_fuzz.py --inputs 100000 --workers 2
-
-Builds a corpus of valid streams, then feeds ``--inputs`` mutated inputs (bit flips, byte
-overwrites, truncations, splices of two streams, inserted/deleted/duplicated runs, random unit
-lengths, inserted start codes, units re-CRC'd after mutating their body so the body parsers and
-the range decoder see damage the CRC would have caught, and pure garbage) and structure-aware
+Builds a corpus of valid streams, then feeds mutated inputs (bit flips, byte overwrites,
+truncations, splices of two streams, inserted/deleted/duplicated runs, random unit lengths,
+inserted start codes, units re-CRC'd after mutating their body so the body parsers and the
+range decoder see damage the CRC would have caught, and pure garbage) and structure-aware
 forgeries with valid CRCs (keypoint, no-face and end units re-built with forged indices,
 counts, refs, flags and timestamps; hostile streams of resync units far apart, issue 17 row 4)
 through ``read_units``, ``parse_packet``, a ``KeypointDecoder`` and the frame budget that
 ``iwcodec decode`` and ``info`` apply (``bitstream.budget.FrameBudget``): the frames a decoder
 would output are counted per input, and more than the budget's ``2 * decoded + max_gap`` is a
-failure. Every input runs in a worker
-process watched by the parent: an input that takes longer than ``--timeout`` seconds is a
-hang, a worker whose RSS exceeds ``--rss-mb`` is killed and counted; both restart the worker
-after that input. Exceptions outside ``IWCodecError`` are crashes; the offending inputs are
-saved under ``--out``. Prints the counts and the peak RSS, and exits 1 if anything went wrong.
+failure.
+
+Every input runs in a worker process watched by the parent (:func:`run_fuzz`): an input that
+takes longer than ``timeout`` seconds is a hang, a worker whose RSS exceeds ``rss_mb`` is
+killed and counted; both restart the worker after that input. Exceptions outside
+``IWCodecError`` are crashes. Input number ``i`` is ``mutate(corpus, spans, seed, i)``, so any
+of them can be replayed; the offending ones are also saved under ``FuzzOptions.out``.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
-import json
 import multiprocessing as mp
-import os
-import sys
 import time
 import traceback
 import warnings
 import zlib
-from multiprocessing.connection import wait
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import numpy as np
@@ -331,7 +328,8 @@ def run_one(data: bytes, model, depth: collections.Counter) -> str:
     return outcome
 
 
-def worker(conn, seed: int, indices: list[int]) -> None:
+def worker(conn: Connection, seed: int, indices: list[int]) -> None:
+    """A worker process: runs inputs ``indices`` and sends ``(index, outcome, detail)`` each."""
     corpus = build_corpus()
     spans = [_unit_spans(c) for c in corpus]
     model = load_prior()
@@ -360,122 +358,169 @@ def _rss_kb(pid: int, field: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inputs", type=int, default=100_000)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=5.0, help="seconds per input")
-    ap.add_argument("--rss-mb", type=float, default=1024.0, help="RSS bound per worker")
-    ap.add_argument("--out", type=Path, default=Path(".cache/fuzz"))
-    args = ap.parse_args(argv)
-    ctx = mp.get_context("spawn")
-    pending = [list(range(w, args.inputs, args.workers)) for w in range(args.workers)]
-    outcomes: collections.Counter[str] = collections.Counter()
-    by_mutator: collections.Counter[str] = collections.Counter()
-    crashes, hangs, memory = [], [], []
-    depth_total: collections.Counter[str] = collections.Counter()
-    slowest = 0.0
-    per_byte = 0.0  # most frames a decoder would output per input byte
-    peak_kb = 0
-    start = time.perf_counter()
-    live = {}
+@dataclass(frozen=True)
+class FuzzOptions:
+    """What ``iwcodec fuzz`` runs: ``inputs`` inputs over ``workers`` processes."""
 
-    def launch(w: int) -> None:
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker, args=(child, args.seed, pending[w]), daemon=True)
+    inputs: int = 100_000
+    workers: int = 2
+    seed: int = 1
+    timeout: float = 5.0  # seconds one input may take before it counts as a hang
+    rss_mb: float = 1024.0  # resident memory a worker may reach before it is killed
+    out: Path = Path(".cache/fuzz")  # where crashing, hanging or memory-hungry inputs go
+
+
+@dataclass
+class _Tally:
+    """Outcomes and depth counters of the inputs run so far."""
+
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    by_mutator: collections.Counter = field(default_factory=collections.Counter)
+    depth: collections.Counter = field(default_factory=collections.Counter)
+    crashes: list = field(default_factory=list)  # (index, traceback text)
+    hangs: list = field(default_factory=list)  # indices
+    memory: list = field(default_factory=list)  # indices
+    slowest_ms: float = 0.0
+    per_byte: float = 0.0  # most frames a decoder would output per input byte
+    peak_kb: int = 0
+
+    def record(self, i: int, outcome: str, detail) -> None:
+        self.outcomes[outcome] += 1
+        if isinstance(detail, dict):
+            self.slowest_ms = max(self.slowest_ms, detail.pop("max_input_ms"))
+            self.per_byte = max(self.per_byte, detail.pop("max_frames_per_byte_x1000", 0) / 1000)
+            self.depth.update(detail)
+        self.by_mutator[f"{MUTATORS[i % len(MUTATORS)]}:{outcome}"] += 1
+        if outcome in ("crash", "died"):
+            self.crashes.append((i, detail))
+
+    def killed(self, i: int, hang: bool) -> None:
+        (self.hangs if hang else self.memory).append(i)
+        self.outcomes["hang" if hang else "memory"] += 1
+
+    def bad(self) -> list[tuple[int, str]]:
+        """Every input that crashed, hung or ran out of memory, with what happened."""
+        return (
+            [(i, str(detail)) for i, detail in self.crashes]
+            + [(i, "hang") for i in self.hangs]
+            + [(i, "memory") for i in self.memory]
+        )
+
+    def summary(self, seconds: float) -> dict:
+        fine = ("ok", "crash", "died", "hang", "memory")
+        return {
+            "inputs": sum(self.outcomes.values()),
+            "complete_reads": self.outcomes["ok"],
+            "project_errors": {k: v for k, v in self.outcomes.items() if k not in fine},
+            "crashes": self.outcomes["crash"] + self.outcomes["died"],
+            "hangs": self.outcomes["hang"],
+            "memory_kills": self.outcomes["memory"],
+            "peak_rss_mb": round(self.peak_kb / 1024, 1),
+            "slowest_input_ms": self.slowest_ms,
+            "max_frames_out_per_byte": self.per_byte,
+            "depth": dict(self.depth),
+            "seconds": round(seconds, 1),
+            # Replay one with mutate(build_corpus(), spans, seed, index); also saved under out.
+            "bad_inputs": [[i, "crash"] for i, _ in self.crashes]
+            + [[i, "hang"] for i in self.hangs]
+            + [[i, "memory"] for i in self.memory],
+            "per_mutator": dict(sorted(self.by_mutator.items())),
+        }
+
+
+class _Pool:
+    """The worker processes, each with the inputs it still has to run, and the time its
+    current input started (a worker that sends nothing for ``timeout`` seconds is hung)."""
+
+    def __init__(self, options: FuzzOptions) -> None:
+        self.options = options
+        self.ctx = mp.get_context("spawn")
+        n = options.workers
+        self.pending = [list(range(w, options.inputs, n)) for w in range(n)]
+        self.live: dict[int, tuple] = {}  # worker -> (process, connection, input start time)
+        for w in range(n):
+            self.launch(w)
+
+    def launch(self, w: int) -> None:
+        if not self.pending[w]:
+            return
+        parent, child = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(
+            target=worker, args=(child, self.options.seed, self.pending[w]), daemon=True
+        )
         proc.start()
         child.close()
-        live[w] = (proc, parent, time.perf_counter())
+        self.live[w] = (proc, parent, time.perf_counter())
 
-    for w in range(args.workers):
-        if pending[w]:
-            launch(w)
-    while live:
-        conns = {parent: w for w, (_, parent, _) in live.items()}
+    def restart_after(self, w: int, i: int) -> None:
+        """Kill worker ``w``, drop input ``i`` and everything before it, start a new one."""
+        proc = self.live.pop(w)[0]
+        proc.kill()
+        proc.join()
+        self.pending[w] = self.pending[w][self.pending[w].index(i) + 1 :]
+        self.launch(w)
+
+    def receive(self, tally: _Tally) -> None:
+        """Take the messages the workers sent in the next quarter second."""
+        conns = {parent: w for w, (_, parent, _) in self.live.items()}
         for conn in wait(list(conns), timeout=0.25):
             w = conns[conn]
-            proc, parent, _ = live[w]
+            proc, parent, _ = self.live[w]
             try:
                 i, outcome, detail = conn.recv()
             except EOFError:
-                i, outcome, detail = (pending[w][0] if pending[w] else None), "died", "worker died"
-            if outcome == "done":
+                i, outcome, detail = (self.pending[w] or [None])[0], "died", "worker died"
+            if outcome == "done" or i is None and outcome != "ready":
                 proc.join()
-                del live[w]
+                del self.live[w]
                 continue
+            self.live[w] = (proc, parent, time.perf_counter())
             if outcome == "ready":
-                live[w] = (proc, parent, time.perf_counter())
                 continue
-            if i is None:
-                del live[w]
-                continue
-            pending[w] = pending[w][pending[w].index(i) + 1 :]
-            live[w] = (proc, parent, time.perf_counter())
-            outcomes[outcome] += 1
-            if isinstance(detail, dict):
-                slowest = max(slowest, detail.pop("max_input_ms"))
-                per_byte = max(per_byte, detail.pop("max_frames_per_byte_x1000", 0) / 1000)
-                depth_total.update(detail)
-            by_mutator[f"{MUTATORS[i % len(MUTATORS)]}:{outcome}"] += 1
-            if outcome in ("crash", "died"):
-                crashes.append((i, detail))
-                if outcome == "died":
-                    proc.kill()
-                    del live[w]
-                    if pending[w]:
-                        launch(w)
+            tally.record(i, outcome, detail)
+            if outcome == "died":
+                self.restart_after(w, i)
+            else:
+                self.pending[w] = self.pending[w][self.pending[w].index(i) + 1 :]
+
+    def watch(self, tally: _Tally) -> None:
+        """Kill (and count) a worker stuck on one input or over its memory bound."""
         now = time.perf_counter()
-        for w, (proc, _parent, last) in list(live.items()):
+        for w, (proc, _parent, last) in list(self.live.items()):
+            tally.peak_kb = max(tally.peak_kb, _rss_kb(proc.pid, "VmHWM"))
+            if not self.pending[w]:
+                continue  # its last input is answered; "done" follows
             rss = _rss_kb(proc.pid, "VmRSS")
-            peak_kb = max(peak_kb, _rss_kb(proc.pid, "VmHWM"))
-            stuck = now - last > args.timeout and pending[w]
-            if stuck or rss > args.rss_mb * 1024:
-                i = pending[w][0]
-                (hangs if stuck else memory).append(i)
-                outcomes["hang" if stuck else "memory"] += 1
-                proc.kill()
-                proc.join()
-                del live[w]
-                pending[w] = pending[w][1:]
-                if pending[w]:
-                    launch(w)
-    elapsed = time.perf_counter() - start
-    bad = crashes + [(i, "hang") for i in hangs] + [(i, "memory") for i in memory]
+            stuck = now - last > self.options.timeout
+            if stuck or rss > self.options.rss_mb * 1024:
+                i = self.pending[w][0]
+                tally.killed(i, hang=stuck)
+                self.restart_after(w, i)
+
+
+def save_bad_inputs(bad: list[tuple[int, str]], seed: int, out: Path, limit: int = 50) -> None:
+    """``input_<i>.bin`` (the input) and ``input_<i>.txt`` (what happened) for each bad input."""
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus()
+    spans = [_unit_spans(c) for c in corpus]
+    for i, detail in bad[:limit]:
+        (out / f"input_{i}.bin").write_bytes(mutate(corpus, spans, seed, i))
+        (out / f"input_{i}.txt").write_text(detail)
+
+
+def run_fuzz(options: FuzzOptions) -> dict:
+    """Run ``options.inputs`` inputs; the summary (counts, depth, peak RSS, bad inputs).
+
+    Nothing went wrong when ``summary["bad_inputs"]`` is empty."""
+    if options.inputs < 1 or options.workers < 1:
+        raise ValueError("run_fuzz needs at least one input and one worker")
+    start = time.perf_counter()
+    tally = _Tally()
+    pool = _Pool(options)
+    while pool.live:
+        pool.receive(tally)
+        pool.watch(tally)
+    bad = tally.bad()
     if bad:
-        args.out.mkdir(parents=True, exist_ok=True)
-        corpus = build_corpus()
-        spans = [_unit_spans(c) for c in corpus]
-        for i, detail in bad[:50]:
-            (args.out / f"input_{i}.bin").write_bytes(mutate(corpus, spans, args.seed, i))
-            (args.out / f"input_{i}.txt").write_text(str(detail))
-    project_errors = {
-        k: v for k, v in outcomes.items() if k not in ("ok", "crash", "died", "hang", "memory")
-    }
-    summary = {
-        "inputs": sum(outcomes.values()),
-        "complete_reads": outcomes["ok"],
-        "project_errors": project_errors,
-        "crashes": outcomes["crash"] + outcomes["died"],
-        "hangs": outcomes["hang"],
-        "memory_kills": outcomes["memory"],
-        "peak_rss_mb": round(peak_kb / 1024, 1),
-        "slowest_input_ms": slowest,
-        "max_frames_out_per_byte": per_byte,
-        "depth": dict(depth_total),
-        "seconds": round(elapsed, 1),
-        # Replay one with mutate(build_corpus(), spans, seed, index); also saved under --out.
-        "bad_inputs": [[i, "crash"] for i, _ in crashes]
-        + [[i, "hang"] for i in hangs]
-        + [[i, "memory"] for i in memory],
-        "per_mutator": dict(sorted(by_mutator.items())),
-    }
-    print(json.dumps(summary, indent=1))
-    for i, detail in crashes[:3]:
-        print(f"\ncrash on input {i}:\n{detail}", file=sys.stderr)
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    sys.exit(main())
+        save_bad_inputs(bad, options.seed, options.out)
+    return tally.summary(time.perf_counter() - start)
