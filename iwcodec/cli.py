@@ -8,6 +8,8 @@
     iwcodec train ...                   train the model (codec.train)
     iwcodec signal --token T            signaling server for calls (rooms, shared token)
     iwcodec call --room R --signal URL  one peer of a live call (docs/calls.md)
+    iwcodec weights average W... -o OUT average weights files of one config (a model soup)
+    iwcodec weights compare CACHE W...  weigh weights files on a crop cache
     iwcodec fuzz --inputs N             mutation-fuzz the stream parser and decoder
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(p)
 
+    _weights_parsers(sub)
+
     p = sub.add_parser(
         "fuzz",
         help="mutation-fuzz the stream parser and keypoint decoder (docs/bitstream.md 8.4)",
@@ -322,6 +326,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path(".cache/fuzz"), help="where bad inputs are saved"
     )
     return parser
+
+
+def _weights_parsers(sub) -> None:
+    group = sub.add_parser(
+        "weights", help="average weights files, or weigh them against each other on crops"
+    )
+    actions = group.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "average",
+        help="the uniform average of weights files of one model config (a model soup)",
+        description="Writes the mean of the files' parameters (codec.weights.average_weights): "
+        "e.g. the last weights of sibling runs. Weigh the result against its parts with "
+        "iwcodec weights compare before shipping it.",
+    )
+    p.add_argument("weights", nargs="+", type=Path, help="weights files to average")
+    p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write")
+    p.add_argument("--force", action="store_true", help="write even over one of the inputs")
+    p = actions.add_parser(
+        "compare",
+        help="PSNR/SSIM/LPIPS of weights files on a crop cache (1src, 2src, self)",
+        description="Rebuilds every N-th frame of each clip from its first frame (1src), from "
+        "the first and middle frames (2src) and from itself (self: the ceiling with perfect "
+        "motion) with each weights file, and prints a table (eval/compare_weights.py).",
+    )
+    p.add_argument("cache", type=Path, help="crop cache (python -m sender.cache)")
+    p.add_argument("weights", nargs="+", type=Path, help="weights files to compare")
+    p.add_argument("--every", type=_whole(1), default=8, help="score every N-th frame (8)")
+    p.add_argument("--clips", type=_names, default=(), help="comma-separated clip names (all)")
+    p.add_argument("--json", type=Path, default=None, help="write every number here")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default)")
 
 
 def _megabytes(text: str) -> float:
@@ -597,6 +631,48 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    actions = {"average": _weights_average, "compare": _weights_compare}
+    return actions[args.weights_command](args)
+
+
+def _weights_average(args: argparse.Namespace) -> int:
+    from codec.weights import average_weights
+
+    check_output(
+        args.output,
+        inputs=args.weights,
+        suffixes=(".safetensors",),
+        kind="a weights file",
+        force=args.force,
+    )
+    wid = average_weights(args.weights, args.output)
+    print(f"{args.output}: id {wid.hex()}, the mean of {len(args.weights)} weights files")
+    return 0
+
+
+def _weights_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from eval.compare_weights import compare_weights
+
+    device = resolve_device(args.device)
+    if args.json is not None:
+        check_output(args.json, suffixes=(".json",), kind="the comparison")
+    result = compare_weights(
+        args.cache,
+        args.weights,
+        device,
+        args.every,
+        args.clips,
+        lambda line: print(line, flush=True),
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     import json
 
@@ -624,6 +700,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "signal": cmd_signal,
     "call": cmd_call,
+    "weights": cmd_weights,
     "fuzz": cmd_fuzz,
 }
 

@@ -1,17 +1,18 @@
-"""tools/compare_weights.py and tools/average_weights.py: weighing checkpoints on a crop cache
-(with the no-motion ceiling), and averaging them."""
+"""``iwcodec weights compare`` and ``iwcodec weights average``: weighing checkpoints on a crop
+cache (with the no-motion ceiling), and averaging them."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
 import pytest
+import torch
 from _media import tiny_weights
 
-compare_weights = importlib.import_module("tools.compare_weights")
-average_weights = importlib.import_module("tools.average_weights")
+from codec.weights import load_model, read_metadata
+from eval.compare_weights import METRICS, RUNS
+from iwcodec.cli import main
 
 
 def _cache(directory, rng):
@@ -24,19 +25,24 @@ def _cache(directory, rng):
     return directory
 
 
-def test_compare_two_checkpoints(tmp_path):
+def test_compare_two_checkpoints(tmp_path, capsys):
     cache = _cache(tmp_path / "cache", np.random.default_rng(0))
     a, b = tiny_weights(tmp_path / "a.safetensors", 1), tiny_weights(tmp_path / "b.safetensors", 2)
     out = tmp_path / "cmp.json"
-    args = [str(cache), str(a), str(b), "--every", "2", "--json", str(out)]
-    assert compare_weights.main(args) == 0
+    args = ["weights", "compare", str(cache), str(a), str(b), "--every", "2", "--json", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| weights | 1src PSNR") and len(table) == 4
     result = json.loads(out.read_text())
-    assert list(result["weights"]) == [str(a), str(b)]
+    assert list(result["weights"]) == [str(a), str(b)] and result["device"] == "cpu"
     ra, rb = (result["weights"][str(p)] for p in (a, b))
     assert ra["id"] != rb["id"] and ra["mean"] != rb["mean"]
-    for r in (ra, rb):
+    for path, r in ((a, ra), (b, rb)):
+        assert table[2 if path == a else 3].startswith(
+            f"| {path} | {r['mean']['1src']['psnr']:.2f}"
+        )
         assert {c: r["clips"][c]["frames"] for c in r["clips"]} == {"moving": 3, "still": 3}
-        for run in compare_weights.RUNS:
+        for run in RUNS:
             m = r["mean"][run]
             assert np.isfinite(m["psnr"]) and m["lpips"] > 0 and -1 <= m["ssim"] <= 1
             clips = r["clips"]
@@ -46,7 +52,7 @@ def test_compare_two_checkpoints(tmp_path):
         # nothing moves in "still": its one source is each frame itself, so 1src is the
         # ceiling (up to a few pixels rounded the other way: batched against one by one)
         still = r["clips"]["still"]
-        for k in compare_weights.METRICS:
+        for k in METRICS:
             assert still["1src"][k] == pytest.approx(still["self"][k], rel=1e-3, abs=1e-4)
         assert r["clips"]["moving"]["1src"] != r["clips"]["moving"]["self"]
 
@@ -55,20 +61,53 @@ def test_pick_clips(tmp_path, capsys):
     cache = _cache(tmp_path / "cache", np.random.default_rng(1))
     a = tiny_weights(tmp_path / "a.safetensors", 1)
     out = tmp_path / "cmp.json"
-    compare_weights.main(
-        [str(cache), str(a), "--clips", "still", "--every", "5", "--json", str(out)]
-    )
+    compare = ["weights", "compare", str(cache), str(a), "--device", "cpu"]
+    assert main([*compare, "--clips", "still", "--every", "5", "--json", str(out)]) == 0
     assert list(json.loads(out.read_text())["weights"][str(a)]["clips"]) == ["still"]
     assert str(a) in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        compare_weights.main([str(cache), str(a), "--clips", "nobody"])
 
 
-def test_average_weights_tool(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--clips", "nobody,still"], ("no clip named nobody",)),
+        (["--every", "0"], ("--every", "whole number >= 1")),
+        (["--json", "cmp.txt"], ("cmp.txt", ".json")),
+    ],
+)
+def test_compare_user_errors(tmp_path, capsys, monkeypatch, extra, words):
+    monkeypatch.chdir(tmp_path)
+    cache = _cache(tmp_path / "cache", np.random.default_rng(1))
+    a = tiny_weights(tmp_path / "a.safetensors", 1)
+    assert main(["weights", "compare", str(cache), str(a), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iwcodec: error:") and all(w in err for w in words), err
+
+
+def test_compare_an_empty_folder_says_what_a_cache_is(tmp_path, capsys):
+    a = tiny_weights(tmp_path / "a.safetensors", 1)
+    assert main(["weights", "compare", str(tmp_path), str(a), "--device", "cpu"]) == 2
+    assert "no crop cache in" in capsys.readouterr().err
+
+
+def test_average_writes_the_mean(tmp_path, capsys):
     a, b = tiny_weights(tmp_path / "a.safetensors", 1), tiny_weights(tmp_path / "b.safetensors", 2)
     out = tmp_path / "soup.safetensors"
-    assert average_weights.main([str(out), str(a), str(b)]) == 0
-    assert out.is_file() and str(out) in capsys.readouterr().out
-    with pytest.raises(SystemExit):  # a clear argparse error, not a traceback
-        average_weights.main([str(tmp_path / "x.safetensors"), str(a), str(tmp_path / "missing")])
-    assert "weights file not found" in capsys.readouterr().err
+    assert main(["weights", "average", str(a), str(b), "-o", str(out)]) == 0
+    soup, ma, mb = (load_model(p) for p in (out, a, b))
+    assert f"{out}: id {soup.weights_id.hex()}" in capsys.readouterr().out
+    name, tensor = next((k, v) for k, v in soup.state_dict().items() if v.is_floating_point())
+    mean = (ma.state_dict()[name] + mb.state_dict()[name]) / 2
+    torch.testing.assert_close(tensor, mean.half().float(), atol=1e-3, rtol=1e-3)
+    assert "averaged_from" in read_metadata(out)["extra"]
+
+
+def test_average_user_errors(tmp_path, capsys):
+    a = tiny_weights(tmp_path / "a.safetensors", 1)
+    out = tmp_path / "x.safetensors"
+    assert main(["weights", "average", str(a), str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert "weights file not found" in capsys.readouterr().err and not out.exists()
+    # the output is one of the inputs: refused before any work, the input stays
+    before = a.read_bytes()
+    assert main(["weights", "average", str(a), str(a), "-o", str(a)]) == 2
+    assert "is the input file" in capsys.readouterr().err and a.read_bytes() == before
