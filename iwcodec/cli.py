@@ -10,6 +10,7 @@
     iwcodec call --room R --signal URL  one peer of a live call (docs/calls.md)
     iwcodec weights average W... -o OUT average weights files of one config (a model soup)
     iwcodec weights compare CACHE W...  weigh weights files on a crop cache
+    iwcodec entropy refit CACHE --out D refit the keypoint entropy tables to the detector
     iwcodec fuzz --inputs N             mutation-fuzz the stream parser and decoder
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
 
     _weights_parsers(sub)
+    _entropy_parsers(sub)
 
     p = sub.add_parser(
         "fuzz",
@@ -356,6 +358,68 @@ def _weights_parsers(sub) -> None:
     p.add_argument("--clips", type=_names, default=(), help="comma-separated clip names (all)")
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default)")
+
+
+def _entropy_parsers(sub) -> None:
+    group = sub.add_parser("entropy", help="refit the keypoint entropy tables after retraining")
+    actions = group.add_subparsers(dest="entropy_command", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "refit",
+        help="fit the tables to the detector's keypoints on training crops (docs/bitstream.md 6)",
+        description="Runs the keypoint detector over a training crop cache, fits one table per "
+        "keypoint quantization to its tracks (adaptation tuned by two-fold cross-validation) "
+        "and writes them to --out as xy<XY>_s<S>.json, the names bitstream/tables/ ships; "
+        "with --val, measures the rate of the shipped and the new tables on held-out crops.",
+    )
+    p.add_argument("train", type=Path, help="training crop cache (python -m sender.cache)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the tables")
+    p.add_argument("--val", type=Path, default=None, help="held-out crop cache: measure the rate")
+    p.add_argument(
+        "--steps",
+        type=_step_names,
+        default=("coarse", "default", "fine"),
+        help="quantizations to refit, comma-separated (default: coarse,default,fine)",
+    )
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="fixed adaptation (radius 31, prior weight 64, limit 65536) instead of tuning",
+    )
+    p.add_argument(
+        "--tracks",
+        type=Path,
+        default=Path(".cache/tracks"),
+        help="where the detector's tracks are kept between runs (default .cache/tracks)",
+    )
+    p.add_argument(
+        "--fps", type=_frame_rate, default=30.0, help="frame rate the rate is reported at (30)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write every number here")
+    _model_options(p)
+
+
+def _step_names(text: str) -> tuple[str, ...]:
+    """Comma-separated names of keypoint quantizations (bitstream.CANDIDATE_STEPS)."""
+    from bitstream import CANDIDATE_STEPS
+
+    names = _names(text)
+    if not names or any(n not in CANDIDATE_STEPS for n in names):
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated names of {', '.join(CANDIDATE_STEPS)}, got {text!r}"
+        )
+    return names
+
+
+def _frame_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise argparse.ArgumentTypeError(
+            f"must be a frame rate above 0 and at most 1000, got {text!r}"
+        )
+    return value
 
 
 def _megabytes(text: str) -> float:
@@ -673,6 +737,30 @@ def _weights_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_entropy(args: argparse.Namespace) -> int:
+    import json
+
+    from sender.tracks import refit_entropy
+
+    if args.json is not None:
+        check_output(args.json, suffixes=(".json",), kind="the refit's numbers")
+    result = refit_entropy(
+        load(args),
+        args.train,
+        args.out,
+        args.tracks,
+        val_cache=args.val,
+        steps=args.steps,
+        tuned=not args.no_tune,
+        fps=args.fps,
+        report=lambda line: print(line, flush=True),
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     import json
 
@@ -701,6 +789,7 @@ COMMANDS = {
     "signal": cmd_signal,
     "call": cmd_call,
     "weights": cmd_weights,
+    "entropy": cmd_entropy,
     "fuzz": cmd_fuzz,
 }
 
