@@ -11,6 +11,7 @@
     iwcodec weights average W... -o OUT average weights files of one config (a model soup)
     iwcodec weights compare CACHE W...  weigh weights files on a crop cache
     iwcodec entropy refit CACHE --out D refit the keypoint entropy tables to the detector
+    iwcodec cache pack|unpack ...       a crop cache packed small for upload, and back
     iwcodec fuzz --inputs N             mutation-fuzz the stream parser and decoder
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _weights_parsers(sub)
     _entropy_parsers(sub)
+    _cache_parsers(sub)
 
     p = sub.add_parser(
         "fuzz",
@@ -396,6 +398,37 @@ def _entropy_parsers(sub) -> None:
     )
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     _model_options(p)
+
+
+def _cache_parsers(sub) -> None:
+    group = sub.add_parser(
+        "cache",
+        help="pack a crop cache small for upload, unpack it on the training machine",
+        description="A crop cache (python -m sender.cache) as H.264 4:4:4 clips and LZMA'd "
+        "landmarks, and back (sender/cache_transport.py; docs/cropping.md). Unpacking needs "
+        "PyAV or OpenCV only, and runs from a checkout as python3 -m iwcodec cache unpack.",
+    )
+    actions = group.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    p = actions.add_parser("pack", help="crop cache -> compact folder")
+    p.add_argument("cache", type=Path, help="crop cache folder")
+    p.add_argument("out", type=Path, help="folder to write the packed part to")
+    p.add_argument(
+        "--crf", type=_whole(0, 51), default=16, help="x264 quality 0..51 (lower: better, bigger)"
+    )
+    p.add_argument("--part", type=_part, default=(1, 1), help="pack share i of n, e.g. 1/2")
+    p = actions.add_parser("unpack", help="packed folder(s) -> crop cache")
+    p.add_argument("packed", nargs="+", type=Path, help="packed folders")
+    p.add_argument("cache", type=Path, help="crop cache folder to rebuild (merged into)")
+    p.add_argument("--cv2", action="store_true", help="decode with OpenCV even if PyAV is here")
+
+
+def _part(text: str) -> tuple[int, int]:
+    from sender.cache_transport import parse_part
+
+    try:
+        return parse_part(text)
+    except IWCodecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _step_names(text: str) -> tuple[str, ...]:
@@ -761,6 +794,20 @@ def cmd_entropy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from sender.cache_transport import pack, pack_summary, unpack
+
+    report = lambda line: print(line, flush=True)  # noqa: E731
+    if args.cache_command == "pack":
+        manifest = pack(args.cache, args.out, args.crf, args.part, report)
+        print(pack_summary(manifest))
+        return 0
+    for packed in args.packed:
+        names = unpack(packed, args.cache, prefer_av=not args.cv2, report=report)
+        print(f"unpacked {len(names)} clips from {packed} into {args.cache}")
+    return 0
+
+
 def cmd_fuzz(args: argparse.Namespace) -> int:
     import json
 
@@ -790,6 +837,7 @@ COMMANDS = {
     "call": cmd_call,
     "weights": cmd_weights,
     "entropy": cmd_entropy,
+    "cache": cmd_cache,
     "fuzz": cmd_fuzz,
 }
 

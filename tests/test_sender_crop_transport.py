@@ -1,20 +1,18 @@
-"""tools/cache_transport.py: pack a crop cache small, unpack it with PyAV or with OpenCV only."""
+"""``iwcodec cache pack|unpack`` (sender/cache_transport.py): pack a crop cache small, unpack
+it with PyAV or with OpenCV only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "cache_transport", Path(__file__).resolve().parents[1] / "tools" / "cache_transport.py"
-)
-ct = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ct)
+import sender.cache_transport as ct
+from iwcodec.cli import main
 
 
 def smooth_frames(t: int, s: int, seed: int = 0) -> np.ndarray:
@@ -85,17 +83,20 @@ def test_parts_cover_every_clip_once_and_balance() -> None:
 
 
 @pytest.mark.parametrize("hide_av", [False, True], ids=["av", "cv2-only"])
-def test_pack_unpack_round_trip(tmp_path: Path, monkeypatch, hide_av: bool) -> None:
+def test_pack_unpack_round_trip(tmp_path: Path, monkeypatch, capsys, hide_av: bool) -> None:
     if hide_av:
         pytest.importorskip("cv2")
     src = make_cache(tmp_path / "cache", {"a": 12, "b": 9, "c": 5})
-    assert ct.main(["pack", str(src), str(tmp_path / "p1"), "--crf", "12", "--part", "1/2"]) == 0
-    assert ct.main(["pack", str(src), str(tmp_path / "p2"), "--crf", "12", "--part", "2/2"]) == 0
+    for i in (1, 2):
+        argv = ["cache", "pack", str(src), str(tmp_path / f"p{i}"), "--crf", "12"]
+        assert main([*argv, "--part", f"{i}/2"]) == 0
+    packed = capsys.readouterr().out
+    assert "packed 1 clips, 12 frames" in packed and "packed 2 clips, 14 frames" in packed
     if hide_av:
         monkeypatch.setitem(sys.modules, "av", None)  # as on the training machine
         assert ct.decoder() is ct._decode_cv2
     dst = tmp_path / "rebuilt"
-    assert ct.main(["unpack", str(tmp_path / "p1"), str(tmp_path / "p2"), str(dst)]) == 0
+    assert main(["cache", "unpack", str(tmp_path / "p1"), str(tmp_path / "p2"), str(dst)]) == 0
     index = json.loads((dst / "index.json").read_text())
     assert set(index["clips"]) == {"a", "b", "c"}
     for name in "abc":
@@ -108,9 +109,44 @@ def test_pack_unpack_round_trip(tmp_path: Path, monkeypatch, hide_av: bool) -> N
         assert np.nanmax(np.abs(la.astype(np.float32) - lb.astype(np.float32))) < 2e-3
 
 
-def test_unpack_refuses_damaged_video(tmp_path: Path) -> None:
+def test_unpack_refuses_damaged_video(tmp_path: Path, capsys) -> None:
     src = make_cache(tmp_path / "cache", {"a": 6})
-    ct.pack(src, tmp_path / "p", crf=20, verbose=False)
+    ct.pack(src, tmp_path / "p", crf=20)
     (tmp_path / "p" / "a.mp4").write_bytes(b"\x00" * 100)
-    assert ct.main(["unpack", str(tmp_path / "p"), str(tmp_path / "out")]) == 2
+    assert main(["cache", "unpack", str(tmp_path / "p"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("iwcodec: error:")
     assert not (tmp_path / "out" / "a.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["pack", "CACHE", "OUT", "--part", "3/2"], ("--part", "need 1 <= i <= n")),
+        (["pack", "CACHE", "OUT", "--crf", "52"], ("--crf", "0..51")),
+        (["pack", "OUT", "OUT2"], ("no readable index.json",)),
+        (["unpack", "CACHE", "OUT"], ("not a packed crop cache",)),
+    ],
+)
+def test_user_errors(tmp_path: Path, capsys, argv, words) -> None:
+    make_cache(tmp_path / "CACHE", {"a": 3})
+    (tmp_path / "OUT").mkdir()
+    argv = [str(tmp_path / a) if a.isupper() else a for a in argv]
+    assert main(["cache", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iwcodec: error:") and all(w in err for w in words), err
+
+
+def test_unpack_runs_where_only_numpy_and_cv2_are(tmp_path: Path) -> None:
+    """The training machine has neither PyAV nor MediaPipe: ``python -m iwcodec cache unpack``
+    must not import them (nor torch, which it has, but does not need)."""
+    src = make_cache(tmp_path / "cache", {"a": 4})
+    ct.pack(src, tmp_path / "p", crf=20)
+    code = (
+        "import sys; sys.modules['av'] = None; sys.modules['mediapipe'] = None; "
+        "sys.modules['torch'] = None; from iwcodec.cli import main; "
+        f"sys.exit(main(['cache', 'unpack', {str(tmp_path / 'p')!r}, {str(tmp_path / 'out')!r}]))"
+    )
+    pytest.importorskip("cv2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "a.npy").is_file()

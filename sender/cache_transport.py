@@ -1,46 +1,47 @@
-"""Shrink a crop cache for upload, and rebuild it on the training machine.
+"""Shrink a crop cache for upload, and rebuild it on the training machine (``iwcodec cache``).
 
 The crop cache (``python -m sender.cache``) is ~200 KB per frame of raw uint8; the training
 machine takes uploads of at most 64 MiB and has no PyAV. So:
 
-``pack CACHE_DIR OUT_DIR [--crf 16] [--part i/n]``
-    per clip: ``<name>.mp4`` (H.264 High 4:4:4, yuv444p, constant quality ``--crf``; 4:4:4
+:func:`pack` (``iwcodec cache pack CACHE_DIR OUT_DIR [--crf 16] [--part i/n]``)
+    per clip: ``<name>.mp4`` (H.264 High 4:4:4, yuv444p, constant quality ``crf``; 4:4:4
     because chroma subsampling blurs lips and eyes at 256 px for little saving),
     ``<name>.lmk.xz`` (landmarks quantized to 1/1024 of the [-1, 1] range, i.e. 1/8 px at 256,
     delta-coded over time, int16, LZMA), and ``<name>.track.npz`` copied. ``pack.json`` lists
     the clips of this part with shapes and the measured round-trip PSNR; ``index.json`` is
-    copied. ``--part i/n`` (1-based) packs a balanced share of the clips so the set can
-    travel in n uploads.
+    copied. Part ``i/n`` (1-based) packs a balanced share of the clips so the set can travel
+    in n uploads.
 
-``unpack PACKED_DIR... CACHE_DIR``
+:func:`unpack` (``iwcodec cache unpack PACKED_DIR... CACHE_DIR``)
     rebuilds ``<name>.npy`` / ``<name>.landmarks.npy`` / ``<name>.track.npz`` and merges
     ``index.json``; decodes with PyAV when importable, else with OpenCV (cv2).
 
-Self-contained on purpose (numpy, lzma, and av or cv2 only): it runs where the project's
-sender dependencies (mediapipe) are not installed. Run as ``python tools/cache_transport.py``.
+Light on purpose (numpy and lzma at import; av or cv2 only when a video is coded): it runs
+where the project's sender dependencies (PyAV, MediaPipe) are not installed, as
+``python3 -m iwcodec cache unpack ...`` from a checkout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import lzma
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from iwcodec.errors import InputError
 
 PACK_VERSION = 1
 LMK_SCALE = 1024  # quantization steps per unit of the [-1, 1] landmark coordinates
 N_LANDMARKS = 478
 
 
-class TransportError(Exception):
-    """A cache or packed folder that cannot be used; main() prints it and exits with 2."""
+class TransportError(InputError):
+    """A crop cache or packed folder that cannot be used (damaged, of another version)."""
 
 
 # ---------------------------------------------------------------- landmarks
@@ -172,12 +173,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def parse_part(text: str) -> tuple[int, int]:
+    """ "i/n" (1-based share i of n) -> (i, n)."""
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise TransportError(f"--part wants i/n such as 1/2, got {text!r}") from None
+        raise TransportError(f"a part is i/n such as 1/2, got {text!r}") from None
     if not 1 <= i <= n:
-        raise TransportError(f"--part {text}: need 1 <= i <= n")
+        raise TransportError(f"part {text}: need 1 <= i <= n")
     return i, n
 
 
@@ -200,10 +202,36 @@ def _load_index(cache: Path) -> dict:
         raise TransportError(f"{cache}: no readable index.json ({exc})") from None
 
 
+def _pack_clip(cache: Path, out: Path, name: str, crf: int, fps: int, check) -> dict:
+    """One clip into ``out`` (video, landmarks, track), decoded back to measure the loss."""
+    frames = np.load(cache / f"{name}.npy", mmap_mode="r")  # (T, S, S, 3) uint8
+    marks = np.load(cache / f"{name}.landmarks.npy")  # (T, 478, 2) float16
+    encode_clip(frames, out / f"{name}.mp4", crf, fps)
+    (out / f"{name}.lmk.xz").write_bytes(encode_landmarks(marks))
+    shutil.copyfile(cache / f"{name}.track.npz", out / f"{name}.track.npz")
+    back = np.empty(frames.shape, np.uint8)
+    n = decode_into(out / f"{name}.mp4", back, check)
+    if n != len(frames):
+        raise TransportError(f"{name}: round trip gave {n} frames of {len(frames)}")
+    return {
+        "frames": int(frames.shape[0]),
+        "size": int(frames.shape[1]),
+        "psnr": round(psnr(frames, back), 3),
+        "mp4_bytes": (out / f"{name}.mp4").stat().st_size,
+        "lmk_bytes": (out / f"{name}.lmk.xz").stat().st_size,
+    }
+
+
 def pack(
-    cache: Path, out: Path, crf: int = 16, part: tuple[int, int] = (1, 1), verbose: bool = True
+    cache: Path,
+    out: Path,
+    crf: int = 16,
+    part: tuple[int, int] = (1, 1),
+    report: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Pack one part of a crop cache into ``out``; return the part's manifest."""
+    if not 0 <= crf <= 51:
+        raise TransportError(f"crf must be within 0..51 (x264's scale), got {crf}")
     index = _load_index(cache)
     names = split_parts(index["clips"], part[1])[part[0] - 1]
     out.mkdir(parents=True, exist_ok=True)
@@ -217,39 +245,31 @@ def pack(
         "clips": {},
     }
     for k, name in enumerate(names):
-        frames = np.load(cache / f"{name}.npy", mmap_mode="r")
-        marks = np.load(cache / f"{name}.landmarks.npy")
         fps = max(1, round(index["clips"][name].get("fps_float", 25)))
-        encode_clip(frames, out / f"{name}.mp4", crf, fps)
-        (out / f"{name}.lmk.xz").write_bytes(encode_landmarks(marks))
-        shutil.copyfile(cache / f"{name}.track.npz", out / f"{name}.track.npz")
-        back = np.empty(frames.shape, np.uint8)
-        n = decode_into(out / f"{name}.mp4", back, check)
-        if n != len(frames):
-            raise TransportError(f"{name}: round trip gave {n} frames of {len(frames)}")
-        entry = {
-            "frames": int(frames.shape[0]),
-            "size": int(frames.shape[1]),
-            "psnr": round(psnr(frames, back), 3),
-            "mp4_bytes": (out / f"{name}.mp4").stat().st_size,
-            "lmk_bytes": (out / f"{name}.lmk.xz").stat().st_size,
-        }
-        manifest["clips"][name] = entry
-        if verbose:
-            print(
-                f"[{k + 1}/{len(names)}] {name}: {entry['frames']} frames, "
-                f"{entry['mp4_bytes'] / 1024:.0f} KiB video, {entry['lmk_bytes'] / 1024:.0f} KiB landmarks, "
-                f"PSNR {entry['psnr']:.2f} dB",
-                flush=True,
-            )
+        e = manifest["clips"][name] = _pack_clip(cache, out, name, crf, fps, check)
+        report(
+            f"[{k + 1}/{len(names)}] {name}: {e['frames']} frames, {e['mp4_bytes'] / 1024:.0f} "
+            f"KiB video, {e['lmk_bytes'] / 1024:.0f} KiB landmarks, PSNR {e['psnr']:.2f} dB"
+        )
     sub = dict(index, clips={k: index["clips"][k] for k in names})
     (out / "index.json").write_text(json.dumps(sub, indent=1, sort_keys=True))
     (out / "pack.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 
-def unpack(packed: Path, cache: Path, prefer_av: bool = True, verbose: bool = True) -> list[str]:
-    """Rebuild the clips of one packed folder into ``cache`` (merging index.json)."""
+def pack_summary(manifest: dict) -> str:
+    """One line: clips, frames, MiB and mean round-trip PSNR of a part."""
+    clips = manifest["clips"].values()
+    total = sum(e["mp4_bytes"] + e["lmk_bytes"] for e in clips)
+    mean_psnr = np.mean([e["psnr"] for e in clips]) if clips else float("nan")
+    return (
+        f"packed {len(clips)} clips, {sum(e['frames'] for e in clips)} frames: "
+        f"{total / 2**20:.2f} MiB, mean round-trip PSNR {mean_psnr:.2f} dB"
+    )
+
+
+def _read_manifest(packed: Path) -> tuple[dict, dict]:
+    """(pack.json, index.json) of a packed folder."""
     try:
         manifest = json.loads((packed / "pack.json").read_text())
         sub = json.loads((packed / "index.json").read_text())
@@ -257,30 +277,34 @@ def unpack(packed: Path, cache: Path, prefer_av: bool = True, verbose: bool = Tr
         raise TransportError(f"{packed}: not a packed crop cache ({exc})") from None
     if manifest.get("version") != PACK_VERSION:
         raise TransportError(
-            f"{packed}: pack version {manifest.get('version')}, this tool reads {PACK_VERSION}"
+            f"{packed}: pack version {manifest.get('version')}, this build reads {PACK_VERSION}"
         )
-    decode = decoder(prefer_av)
-    cache.mkdir(parents=True, exist_ok=True)
-    for name, e in manifest["clips"].items():
-        t, s = e["frames"], e["size"]
-        tmp = cache / f"{name}.npy.tmp"
-        frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(t, s, s, 3))
-        try:
-            n = decode_into(packed / f"{name}.mp4", frames, decode)
-            if n != t:
-                raise TransportError(f"{packed / name}.mp4: decoded {n} frames, expected {t}")
-        except TransportError:
-            del frames
-            tmp.unlink(missing_ok=True)
-            raise
-        frames.flush()
+    return manifest, sub
+
+
+def _unpack_clip(packed: Path, cache: Path, name: str, entry: dict, decode) -> None:
+    """One clip into ``cache``; its ``.npy`` appears only when complete."""
+    t, s = entry["frames"], entry["size"]
+    tmp = cache / f"{name}.npy.tmp"
+    frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(t, s, s, 3))
+    try:
+        n = decode_into(packed / f"{name}.mp4", frames, decode)
+        if n != t:
+            raise TransportError(f"{packed / name}.mp4: decoded {n} frames, expected {t}")
+    except TransportError:
         del frames
-        marks = decode_landmarks((packed / f"{name}.lmk.xz").read_bytes(), t)
-        np.save(cache / f"{name}.landmarks.npy", marks)
-        shutil.copyfile(packed / f"{name}.track.npz", cache / f"{name}.track.npz")
-        os.replace(tmp, cache / f"{name}.npy")
-        if verbose:
-            print(f"{name}: {t} frames", flush=True)
+        tmp.unlink(missing_ok=True)
+        raise
+    frames.flush()
+    del frames
+    marks = decode_landmarks((packed / f"{name}.lmk.xz").read_bytes(), t)
+    np.save(cache / f"{name}.landmarks.npy", marks)
+    shutil.copyfile(packed / f"{name}.track.npz", cache / f"{name}.track.npz")
+    os.replace(tmp, cache / f"{name}.npy")
+
+
+def _merge_index(cache: Path, manifest: dict, sub: dict) -> None:
+    """Add the unpacked clips (with how they travelled) to ``cache/index.json``, atomically."""
     index_path = cache / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else dict(sub, clips={})
     for name in manifest["clips"]:
@@ -295,50 +319,20 @@ def unpack(packed: Path, cache: Path, prefer_av: bool = True, verbose: bool = Tr
     with tempfile.NamedTemporaryFile("w", dir=cache, delete=False, suffix=".tmp") as f:
         json.dump(index, f, indent=1, sort_keys=True)
     os.replace(f.name, index_path)
+
+
+def unpack(
+    packed: Path,
+    cache: Path,
+    prefer_av: bool = True,
+    report: Callable[[str], None] = lambda line: None,
+) -> list[str]:
+    """Rebuild the clips of one packed folder into ``cache`` (merging index.json)."""
+    manifest, sub = _read_manifest(packed)
+    decode = decoder(prefer_av)
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, entry in manifest["clips"].items():
+        _unpack_clip(packed, cache, name, entry, decode)
+        report(f"{name}: {entry['frames']} frames")
+    _merge_index(cache, manifest, sub)
     return list(manifest["clips"])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="tools/cache_transport.py", description=__doc__.split("\n")[0]
-    )
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("pack", help="crop cache -> compact folder")
-    p.add_argument("cache")
-    p.add_argument("out")
-    p.add_argument(
-        "--crf", type=int, default=16, help="x264 constant quality (lower = better, bigger)"
-    )
-    p.add_argument("--part", default="1/1", help="pack share i of n (1-based), e.g. 1/2")
-    u = sub.add_parser("unpack", help="compact folder(s) -> crop cache")
-    u.add_argument("packed", nargs="+")
-    u.add_argument("cache")
-    u.add_argument("--cv2", action="store_true", help="decode with OpenCV even if PyAV is present")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "pack":
-            if not 0 <= args.crf <= 51:
-                raise TransportError("--crf must be within 0..51")
-            m = pack(Path(args.cache), Path(args.out), args.crf, parse_part(args.part))
-            total = sum(e["mp4_bytes"] + e["lmk_bytes"] for e in m["clips"].values())
-            frames = sum(e["frames"] for e in m["clips"].values())
-            mean_psnr = (
-                np.mean([e["psnr"] for e in m["clips"].values()]) if m["clips"] else float("nan")
-            )
-            print(
-                f"packed {len(m['clips'])} clips, {frames} frames: {total / 2**20:.2f} MiB, "
-                f"mean round-trip PSNR {mean_psnr:.2f} dB"
-            )
-        else:
-            cache = Path(args.cache)
-            for packed in args.packed:
-                names = unpack(Path(packed), cache, prefer_av=not args.cv2)
-                print(f"unpacked {len(names)} clips from {packed} into {cache}")
-    except TransportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
