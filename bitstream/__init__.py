@@ -1,5 +1,6 @@
 """Wire format: typed units, keypoint quantization and entropy coding (docs/bitstream.md)."""
 
+from bitstream.cutting import UnitCutter
 from bitstream.entropy import (
     CodingStatistics,
     EntropyModel,
@@ -59,6 +60,7 @@ __all__ = [
     "StreamWriter",
     "TruncatedStreamError",
     "Unit",
+    "UnitCutter",
     "UnitRecord",
     "UnitType",
     "collect_statistics",

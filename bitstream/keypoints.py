@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bitstream.cutting import UnitCutter
 from bitstream.entropy import (
     NUM_CHANNELS,
     AdaptiveState,
@@ -387,20 +388,10 @@ def encode_track(
 ) -> list[KeypointUnit]:
     """Cut ``frames`` into units of at most ``frames_per_unit`` and encode them.
 
-    Cuts also where refs change or indices jump. Resyncs land every ``encoder.resync_period``
-    frames when that is a multiple of ``frames_per_unit`` (else at the next unit start).
+    Cuts also where refs change or indices jump (``bitstream.cutting.UnitCutter``, the rule
+    the send core uses too). Resyncs land every ``encoder.resync_period`` frames when that is
+    a multiple of ``frames_per_unit`` (else at the next unit start).
     """
-    if frames_per_unit < 1:
-        raise ValueError(f"frames_per_unit must be >= 1, got {frames_per_unit}")
-    units: list[KeypointUnit] = []
-    run: list[KeypointFrame] = []
-    for f in frames:
-        if run and (
-            len(run) == frames_per_unit or f.refs != run[0].refs or f.index != run[-1].index + 1
-        ):
-            units.append(encoder.encode(run))
-            run = []
-        run.append(f)
-    if run:
-        units.append(encoder.encode(run))
-    return units
+    cutter: UnitCutter[KeypointFrame] = UnitCutter(frames_per_unit)
+    runs = [run for f in frames for run in cutter.push(f, f.refs)] + cutter.flush()
+    return [encoder.encode(run) for run in runs]

@@ -5,19 +5,20 @@ Per captured frame (on one worker thread, so the event loop never waits on the m
 1. the causal face tracker (``sender.crop.FaceTracker``) gives the crop box; the crop is cut at
    the model's resolution;
 2. the model's keypoint detector gives K keypoints (paper section 3);
-3. ``sender.core.SendCore`` (shared with file encoding) turns the frames into units: the
-   first frame with a face, a face that comes back after ``sender.core.NO_FACE_SECONDS``
-   without one, and any frame the receiver asks for (like RTCP PLI) become keyframes, sent
-   after the parameter unit on the reliable channel; frames without a face become NO_FACE
-   units (the receiver shows a blank picture, not a ghost of the last face);
-4. keypoint frames are bundled, ``frames_per_message`` to a KEYPOINTS unit, for the unordered
-   channel without retransmissions. Bundling is what keeps the wire rate low: each message
-   costs ~109 bytes of IP/UDP/DTLS/SCTP headers (docs/calls.md).
+3. ``sender.core.SendCore`` (shared with file encoding) decides what units the frame
+   becomes: the parameter unit first; a keyframe for the first frame with a face, for a face
+   that comes back after ``sender.core.NO_FACE_SECONDS`` without one, and for a frame the
+   receiver asks for (like RTCP PLI), within the keyframe pacing both ends share; NO_FACE
+   units for frames without a face (the receiver shows a blank picture, not a ghost of the
+   last face); keypoint units, ``frames_per_message`` frames each, out the moment their last
+   frame is in. Parameter and keyframe units go on the reliable channel, the others on the
+   unordered channel without retransmissions. Bundling is what keeps the wire rate low: each
+   message costs ~109 bytes of IP/UDP/DTLS/SCTP headers (docs/calls.md).
 
 Loss: when the receiver reports a broken keypoint chain (:meth:`CallSender.request_resync`),
-the next unit is a resync unit, and for ``resilient_seconds`` every unit is one, so that each
-message decodes on its own while the path is losing packets and a loss costs only its own
-frames instead of a round trip's worth.
+the next unit is a resync unit, and for ``resilient_seconds`` every unit is one (the send
+core's resilient mode), so that each message decodes on its own while the path is losing
+packets and a loss costs only its own frames instead of a round trip's worth.
 
 The peer connection is not this module's business: :meth:`CallSender.run` writes through a
 *link* with ``send_reliable(bytes)``, ``send_keypoints(bytes)`` and ``show_local(rgb, index)``
@@ -37,10 +38,10 @@ from typing import Protocol
 
 import numpy as np
 
-from bitstream import KeyframePacer, KeyframeUnit, ParamsUnit, pacing
+from bitstream import KeyframePacer, KeyframeUnit, KeypointUnit, ParamsUnit, Unit, pacing
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import InputError
-from sender.core import NO_FACE_SECONDS
+from sender.core import NO_FACE_SECONDS, Face
 from sender.crop import CropConfig, FaceTracker, cut_square
 from sender.encoder import EncodeOptions, detect_batch, entropy_model, send_core, stream_params
 from sender.live import (
@@ -153,12 +154,18 @@ class CallSender:
             OpusTrack(audio, options.audio_bitrate, options.audio_frame_ms) if audio else None
         )
         self.stats = SenderStats()
-        self._core = send_core(model, self.params, self.table, coding, self.frames_per_message)
+        self._core = send_core(
+            model,
+            self.params,
+            self.table,
+            coding,
+            self.frames_per_message,
+            KeyframePacer(pacing.SENDER),
+        )
         self._tracker: FaceTracker | None = None
         self._stream_start: int | None = None  # source index of stream frame 0
         self._times: dict[int, float] = {}  # capture times of frames not yet sent, by index
         self._last_keyframe_t = -math.inf
-        self._keyframe_pacer = KeyframePacer(pacing.SENDER)
         # requests arrive on the loop's thread and are applied on the worker's
         self._lock = threading.Lock()
         self._keyframe_wanted = False
@@ -269,6 +276,7 @@ class CallSender:
             self._tracker = None
 
     def _step(self, frame: CapturedFrame) -> _StepResult:
+        """One captured frame in, its messages out; the send core decides what units."""
         size = self.params.width
         if self._tracker is None:  # MediaPipe graphs stay on the thread that made them
             self._tracker = FaceTracker(CropConfig(size=size))
@@ -276,38 +284,38 @@ class CallSender:
         messages: list[tuple[str, bytes, tuple[float, ...]]] = []
         if self._stream_start is None:  # the stream starts with the first captured frame
             self._stream_start = frame.index
-            messages.append(("reliable", self.params.to_bytes(), ()))
+            messages += self._messages(self._core.start())
         index = frame.index - self._stream_start
         pts = self.params.nominal_pts(index)
         self._times[index] = frame.t
         if self.options.timeline and len(self.stats.capture_times) < 1_000_000:
             self.stats.capture_times[index] = frame.t
         self._apply_requests()
-        face = box is not None and self._tracker.lost_for(frame.t) < NO_FACE_SECONDS
-        if face and self._core.needs_keyframe and not self._keyframe_pacer.ready(frame.t):
-            face = False  # the face is back before a keyframe may go: no face until it may
-        if not face:
-            self.stats.no_face += 1
-            messages += self._messages(self._core.no_face(index, pts))
-            return _StepResult(messages, None, index)
-        crop = cut_square(frame.rgb, box, size)
-        kp = detect_batch(self.model, crop[None])[0]  # (K, 3)
-        if self._keyframe_due(frame.t) and self._keyframe_pacer.take(frame.t):
+        face = None
+        if (
+            box is not None
+            and self._tracker.lost_for(frame.t) < NO_FACE_SECONDS
+            and self._core.takes_face(frame.t)  # else no keypoints are needed
+        ):
+            crop = cut_square(frame.rgb, box, size)
+            face = Face(crop, detect_batch(self.model, crop[None])[0])  # keypoints (K, 3)
+        wanted = face is not None and self._keyframe_requested(frame.t)
+        units = self._core.frame(index, pts, face, keyframe=wanted, t=frame.t)
+        if any(isinstance(u, KeyframeUnit) for u in units):
             self._last_keyframe_t = frame.t
-            messages += self._messages(self._core.keyframe(crop, index))
-        messages += self._messages(self._core.face(index, pts, kp))
-        return _StepResult(messages, crop, index)
+        if face is None:
+            self.stats.no_face += 1
+        messages += self._messages(units)
+        return _StepResult(messages, None if face is None else face.crop, index)
 
-    def _keyframe_due(self, t: float) -> bool:
-        """A new face segment needs one; a receiver's request is served at most every
-        ``MIN_KEYFRAME_INTERVAL`` (and, like every keyframe, within ``pacing.SENDER``)."""
-        if self._core.needs_keyframe:
-            return True
+    def _keyframe_requested(self, t: float) -> bool:
+        """A receiver's request is served at most every ``MIN_KEYFRAME_INTERVAL`` and when the
+        send core's pacing lets a keyframe go (else it waits, not lost)."""
         with self._lock:
             if (
                 self._keyframe_wanted
                 and t - self._last_keyframe_t >= MIN_KEYFRAME_INTERVAL
-                and self._keyframe_pacer.ready(t)
+                and self._core.keyframe_ready(t)
             ):
                 self._keyframe_wanted = False
                 return True
@@ -318,22 +326,21 @@ class CallSender:
         with self._lock:
             resync, self._resync_wanted = self._resync_wanted, False
             resilient = time.monotonic() < self._resilient_until
-        encoder = self._core.encoder
         if resync:
-            encoder.request_resync()
-        encoder.resync_period = (
-            self.frames_per_message if resilient else self.options.coding.resync_period
-        )
+            self._core.request_resync()
+        self._core.resilient = resilient
 
-    def _messages(self, units: list) -> list[tuple[str, bytes, tuple[float, ...]]]:
+    def _messages(self, units: list[Unit]) -> list[tuple[str, bytes, tuple[float, ...]]]:
+        """Units -> (channel, bytes, capture times): the parameter and keyframe units go on the
+        reliable channel, keypoint and no-face units on the keypoint channel."""
         out = []
         for unit in units:
-            if isinstance(unit, KeyframeUnit):
-                self.stats.keyframes += 1
+            if isinstance(unit, (ParamsUnit, KeyframeUnit)):
+                self.stats.keyframes += isinstance(unit, KeyframeUnit)
                 out.append(("reliable", unit.to_bytes(), ()))
                 continue
             times = tuple(self._times.pop(i) for i in unit.indices if i in self._times)
-            self.stats.resync_units += int(getattr(unit, "resync", False))
+            self.stats.resync_units += isinstance(unit, KeypointUnit) and unit.resync
             out.append(("keypoints", unit.to_bytes(), times))
         if len(self._times) > 4 * self.frames_per_message:  # frames dropped before a unit
             for i in sorted(self._times)[: -self.frames_per_message]:

@@ -9,16 +9,22 @@ picture shown) instead of a face rendered from a keyframe that is not in the pic
 face comes back, a new segment starts with a new keyframe and a resync unit (it may be
 another person).
 
-:class:`SendCore` holds the stream's state (keypoint coder, keyframe ids, the frames waiting
-to be cut into a unit) and cuts units at a fixed number of frames, at a face / no-face switch,
-at a keyframe and where indices jump. The callers decide *which* frames have a face and when a
-keyframe is due: :func:`face_mask` for a whole file (misses shorter than
-:data:`NO_FACE_SECONDS` are bridged by the crop smoother), ``sender.call`` frame by frame.
+:class:`SendCore` is the one place that decides what unit a frame becomes: the parameter
+unit first, a keyframe where a face segment starts (or where a caller asks for one, as far as
+the keyframe pacing allows), keypoint units, NO_FACE units, resync units (periodic, asked for,
+or all of them while a call is losing packets). It holds the stream's state (keypoint coder,
+keyframe ids, the frames waiting to be cut into a unit) and cuts units with
+``bitstream.UnitCutter``: at a fixed number of frames, at a face / no-face switch, at a
+keyframe and where indices jump. The callers only say *which* frames have a face and when they
+want a keyframe: :func:`face_mask` and the keyframe indices for a whole file (misses shorter
+than :data:`NO_FACE_SECONDS` are bridged by the crop smoother), ``sender.call`` frame by frame
+with the receiver's requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,12 +32,15 @@ from bitstream import (
     TIMESCALE,
     EntropyModel,
     Fill,
+    ImageCodec,
+    KeyframePacer,
     KeyframeUnit,
     KeypointEncoder,
     KeypointFrame,
     NoFaceUnit,
     ParamsUnit,
     Unit,
+    UnitCutter,
 )
 from bitstream.units import MAX_REFS, MAX_UNIT_FRAMES
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
@@ -68,8 +77,25 @@ def face_mask(detected: np.ndarray, fps: float, min_gap_s: float = NO_FACE_SECON
     return face
 
 
+@dataclass(frozen=True)
+class Face:
+    """A frame with a face, as the send core takes it: the crop at the model's resolution,
+    (S, S, 3) uint8, and its keypoints, (K, 3) rows (x, y, strength)."""
+
+    crop: np.ndarray
+    keypoints: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Gap:
+    """A frame without a face, waiting for its NO_FACE unit."""
+
+    index: int
+    pts: int
+
+
 class SendCore:
-    """Cuts a sender's frames into units (see the module docstring).
+    """Decides what units a sender's frames become (see the module docstring).
 
     Args:
         params: the stream's parameter unit.
@@ -80,11 +106,14 @@ class SendCore:
         fill: what the receiver shows for frames without a face.
         detect: the model's keypoint detector on one picture, (S, S, 3) uint8 -> (K, 3); with
             it, a keyframe's own frame is sent with the keypoints of the *decoded* keyframe
-            (see :meth:`keyframe`). None: every frame keeps the keypoints it is given.
+            (see :meth:`_keyframe`). None: every frame keeps the keypoints it is given.
+        pacer: keyframes wait for this token bucket (calls: ``bitstream.pacing.SENDER``, so
+            that the receiver drops none); a face that comes back before a keyframe may go is
+            sent as no face until one may. None: keyframes go when due (files).
 
-    ``keyframe(crop, index)``, ``face(index, pts, keypoints)``, ``no_face(index, pts)`` and
-    ``flush()`` return the units to send, in order. A face frame needs a keyframe in its segment
-    first (:attr:`needs_keyframe`).
+    :meth:`start` gives the stream's first units, :meth:`frame` the units each frame
+    completes, :meth:`flush` the rest, in order. Frames are cut into units by
+    ``bitstream.UnitCutter`` (the rule ``bitstream.encode_track`` uses too).
     """
 
     def __init__(
@@ -94,10 +123,11 @@ class SendCore:
         *,
         frames_per_unit: int,
         resync_period: int,
-        keyframe_codec,
+        keyframe_codec: ImageCodec,
         keyframe_quality: int,
         fill: Fill = Fill.BLANK,
         detect: Callable[[np.ndarray], np.ndarray] | None = None,
+        pacer: KeyframePacer | None = None,
     ) -> None:
         if not 1 <= frames_per_unit <= MAX_UNIT_FRAMES:
             raise ValueError(f"frames per unit must be 1..{MAX_UNIT_FRAMES}, got {frames_per_unit}")
@@ -109,9 +139,11 @@ class SendCore:
         self.encoder = KeypointEncoder(params, table, resync_period=resync_period)
         self.keyframes_sent = 0
         self.refs: tuple[int, ...] = ()  # keyframes of the current face segment
-        self._faces: list[KeypointFrame] = []
-        self._gaps: list[tuple[int, int]] = []  # (index, pts) of frames without a face
+        #: every keypoint unit a resync unit (a call on a path that loses packets)
+        self.resilient = False
         self.detect = detect
+        self.pacer = pacer
+        self._cutter: UnitCutter[KeypointFrame | _Gap] = UnitCutter(frames_per_unit)
         self._keyframe_keypoints: tuple[int, np.ndarray] | None = None  # (frame index, (K, 3))
 
     @property
@@ -119,7 +151,43 @@ class SendCore:
         """True at the start of a face segment, before its first keyframe."""
         return not self.refs
 
-    def keyframe(self, crop: np.ndarray, index: int) -> list[Unit]:
+    def start(self) -> list[Unit]:
+        """The stream's first units: the parameter unit."""
+        return [self.params]
+
+    def keyframe_ready(self, t: float) -> bool:
+        """Whether a keyframe may go at time ``t`` (seconds; always without a pacer)."""
+        return self.pacer is None or self.pacer.ready(t)
+
+    def takes_face(self, t: float) -> bool:
+        """Whether a frame with a face at time ``t`` is coded as a face (:meth:`frame` sends it
+        as no face while a new face segment waits for the pacer); a caller may skip keypoint
+        detection when not."""
+        return not self.needs_keyframe or self.keyframe_ready(t)
+
+    def frame(
+        self, index: int, pts: int, face: Face | None, *, keyframe: bool = False, t: float = 0.0
+    ) -> list[Unit]:
+        """One frame in, the units it completes out, in order.
+
+        ``face`` None: the frame has no face (a NO_FACE frame; it ends the face segment). A
+        face frame is sent as a keyframe first when its segment has none yet or when
+        ``keyframe`` asks for one (a keyframe policy's choice, a receiver's request), as far as
+        the pacer lets it at time ``t``."""
+        if face is None or not self.takes_face(t):
+            return self._no_face(index, pts)
+        units = []
+        if (self.needs_keyframe or keyframe) and self.keyframe_ready(t):
+            if self.pacer is not None:
+                self.pacer.take(t)
+            units = self._keyframe(face.crop, index)
+        return units + self._face(index, pts, face.keypoints)
+
+    def request_resync(self) -> None:
+        """Make the next keypoint unit a resync unit (the receiver's chain broke)."""
+        self.encoder.request_resync()
+
+    def _keyframe(self, crop: np.ndarray, index: int) -> list[Unit]:
         """Send ``crop`` (S, S, 3) uint8, frame ``index``, as a keyframe of the current face
         segment: the frames from here on are rebuilt from it too (the latest 16 at most).
 
@@ -140,46 +208,36 @@ class SendCore:
         self.refs = (*self.refs, keyframe_id)[-MAX_REFS:]
         return units
 
-    def face(self, index: int, pts: int, keypoints: np.ndarray) -> list[Unit]:
+    def _face(self, index: int, pts: int, keypoints: np.ndarray) -> list[Unit]:
         """One frame with a face: keypoints (K, 3) rows (x, y, strength)."""
         if self.needs_keyframe:
             raise ValueError(f"frame {index}: a face segment starts with a keyframe")
         if self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index:
-            keypoints = self._keyframe_keypoints[1]  # the keyframe's own frame (see keyframe())
-        units = []
-        last = self._faces[-1] if self._faces else None
-        if self._gaps or (last is not None and (index != last.index + 1 or last.refs != self.refs)):
-            units = self.flush()
-        self._faces.append(KeypointFrame(index, pts, keypoints, self.refs))
-        if len(self._faces) >= self.frames_per_unit:
-            units += self.flush()
-        return units
+            keypoints = self._keyframe_keypoints[1]  # the keyframe's own frame (see _keyframe)
+        frame = KeypointFrame(index, pts, keypoints, self.refs)
+        return self._units(self._cutter.push(frame, self.refs))
 
-    def no_face(self, index: int, pts: int) -> list[Unit]:
+    def _no_face(self, index: int, pts: int) -> list[Unit]:
         """One frame without a face: it ends the face segment."""
-        units = []
-        if self._faces or (self._gaps and index != self._gaps[-1][0] + 1):
-            units = self.flush()
         self.refs = ()
-        self._gaps.append((index, pts))
-        if len(self._gaps) >= self.frames_per_unit:
-            units += self.flush()
-        return units
+        return self._units(self._cutter.push(_Gap(index, pts), "no face"))
 
     def flush(self) -> list[Unit]:
         """The unit of the frames waiting, if any."""
-        if self._faces:
-            unit = self.encoder.encode(self._faces)
-            self._faces = []
-            return [unit]
-        if self._gaps:
-            first = self._gaps[0][0]
-            pts = tuple(p for _, p in self._gaps)
-            nominal = tuple(self.params.nominal_pts(first + k) for k in range(len(pts)))
-            unit = NoFaceUnit(first, len(pts), self.fill, None if pts == nominal else pts)
-            self._gaps = []
-            return [unit]
-        return []
+        return self._units(self._cutter.flush())
+
+    def _units(self, runs: list[list[KeypointFrame | _Gap]]) -> list[Unit]:
+        return [self._unit(run) for run in runs]
+
+    def _unit(self, run: list[KeypointFrame | _Gap]) -> Unit:
+        if isinstance(run[0], KeypointFrame):
+            if self.resilient:
+                self.encoder.request_resync()
+            return self.encoder.encode(run)
+        first = run[0].index
+        pts = tuple(gap.pts for gap in run)
+        nominal = tuple(self.params.nominal_pts(first + k) for k in range(len(pts)))
+        return NoFaceUnit(first, len(pts), self.fill, None if pts == nominal else pts)
 
 
 def frame_ticks(seconds: float, index: int, params: ParamsUnit, previous: int) -> int:
@@ -194,4 +252,4 @@ def frame_ticks(seconds: float, index: int, params: ParamsUnit, previous: int) -
     return max(ticks, previous + 1)
 
 
-__all__ = ["NO_FACE_SECONDS", "SendCore", "face_mask", "frame_ticks"]
+__all__ = ["NO_FACE_SECONDS", "Face", "SendCore", "face_mask", "frame_ticks"]

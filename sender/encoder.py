@@ -41,6 +41,7 @@ from bitstream import (
     EntropyModel,
     Fill,
     ImageCodec,
+    KeyframePacer,
     KeyframeUnit,
     KeypointUnit,
     NoFaceUnit,
@@ -61,7 +62,7 @@ from iwcodec.errors import (
 )
 from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY
 from iwcodec.outputs import check_output
-from sender.core import SendCore, face_mask, frame_ticks
+from sender.core import Face, SendCore, face_mask, frame_ticks
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
 
 KEYFRAME_ID = 0
@@ -223,9 +224,12 @@ def send_core(
     table: EntropyModel,
     options: EncodeOptions,
     frames_per_unit: int,
+    pacer: KeyframePacer | None = None,
 ) -> SendCore:
     """The send core of a stream coded with ``options`` (files and calls alike), closed on the
-    model's own detector: a keyframe's frame is sent with the keypoints of the decoded keyframe."""
+    model's own detector: a keyframe's frame is sent with the keypoints of the decoded keyframe.
+    ``frames_per_unit`` and ``pacer`` are the use's (files: ``options.frames_per_unit`` and no
+    pacing; calls: a message's frames and ``bitstream.pacing.SENDER``)."""
     return SendCore(
         params,
         table,
@@ -235,6 +239,7 @@ def send_core(
         keyframe_quality=options.keyframe_quality,
         fill=options.no_face,
         detect=lambda picture: detect_batch(model, picture[None])[0],
+        pacer=pacer,
     )
 
 
@@ -356,7 +361,7 @@ def encode_crops(
     core = send_core(model, params, table, options, options.frames_per_unit)
     writer = StreamWriter(out)
     counts = dict.fromkeys(("params", "keyframes", "keypoints", "end"), 0)
-    counts["params"] = writer.write(params)
+    counts["params"] = sum(writer.write(unit) for unit in core.start())
     pending_extra = list(indices[1:])  # later keyframes: the first face frame at or after each
     units_written = frames = faces = 0
 
@@ -384,14 +389,12 @@ def encode_crops(
                 if face is not None and i >= len(face):
                     raise InputError(f"{len(face)} face flags for more frames")
                 if face is not None and not face[i]:
-                    write(core.no_face(i, pts))
+                    write(core.frame(i, pts, None))
                     continue
                 due = bool(pending_extra) and pending_extra[0] <= i
                 while pending_extra and pending_extra[0] <= i:
                     pending_extra.pop(0)
-                if core.needs_keyframe or due:
-                    write(core.keyframe(crop, i))
-                write(core.face(i, pts, keypoints))
+                write(core.frame(i, pts, Face(crop, keypoints), keyframe=due))
                 faces += 1
             bar.update(len(batch))
     if frames == 0:

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from bitstream import TIMESCALE, ImageCodec, KeyframeUnit, KeypointEncoder, KeypointFrame
+from bitstream import (
+    TIMESCALE,
+    ImageCodec,
+    KeyframePacer,
+    KeyframeUnit,
+    KeypointEncoder,
+    KeypointFrame,
+    pacing,
+)
 from bitstream.synthetic import synthetic_track
 from iwcodec.errors import CallError
 from iwcodec.keyframe import encode_keyframe
@@ -25,7 +33,7 @@ from receiver.decoder import Decoder
 from receiver.live import LiveReceiver, Playout
 from receiver.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from sender.call import auto_frames_per_message
-from sender.core import SendCore
+from sender.core import Face, SendCore
 from sender.encoder import EncodeOptions, entropy_model, stream_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -234,6 +242,61 @@ def test_live_receiver_recovers_through_resync_and_matches_the_offline_decode(mo
     assert rx.stats.frames_lost == len(lost) + 3 * 2
 
 
+def test_send_core_decides_the_units_of_a_call(model):
+    """What the call sender gets from the send core: the parameter unit first, a keypoint
+    unit the moment its last frame is in, keyframes within the sender's pacing (a face that
+    comes back before a keyframe may go is sent as no face), and in resilient mode every
+    keypoint unit a resync unit."""
+    options = EncodeOptions(keyframe_codec=ImageCodec.PNG)
+    table = entropy_model(options)
+    params = stream_params(model, Fraction(30), options, table)
+    core = SendCore(
+        params,
+        table,
+        frames_per_unit=3,
+        resync_period=options.resync_period,
+        keyframe_codec=options.keyframe_codec,
+        keyframe_quality=options.keyframe_quality,
+        pacer=KeyframePacer(pacing.SENDER),
+    )
+    rng = np.random.default_rng(4)
+    track = synthetic_track(rng, 40, model.cfg.num_kp)  # (40, K, 3)
+    crop = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+
+    def face(i: int) -> Face:
+        return Face(crop, track[i])
+
+    def kinds(units) -> list[str]:
+        return [type(u).__name__ for u in units]
+
+    assert core.start() == [params]
+    assert kinds(core.frame(0, 0, face(0), t=0.0)) == ["KeyframeUnit"]
+    assert core.frame(1, 1, face(1), t=0.03) == []
+    (unit,) = core.frame(2, 2, face(2), t=0.06)  # the unit is out with its last frame
+    assert list(unit.indices) == [0, 1, 2] and unit.resync
+    # a requested keyframe spends the second token of the burst
+    assert kinds(core.frame(3, 3, face(3), keyframe=True, t=0.1)) == ["KeyframeUnit"]
+    assert not core.keyframe_ready(0.2)
+    # the face leaves and comes back at once: no keyframe may go yet, so it stays "no face"
+    out = core.frame(4, 4, None, t=0.2)  # ends the face segment: its unit goes out
+    assert kinds(out) == ["KeypointUnit"] and list(out[0].indices) == [3]
+    assert not core.takes_face(0.3)
+    assert kinds(core.frame(5, 5, face(5), t=0.3)) == []
+    assert kinds(core.frame(6, 6, face(6), t=1.6)) == ["NoFaceUnit", "KeyframeUnit"]
+    assert core.refs == (2,)
+    # resilient: every keypoint unit a resync unit; else only after the period
+    core.frame(7, 7, face(7), t=1.7)
+    core.frame(8, 8, face(8), t=1.8)
+    plain = [u for i in range(9, 30) for u in core.frame(i, i, face(i), t=2.0)]
+    assert [u.resync for u in plain] == [False] * 7
+    core.resilient = True
+    tough = [u for i in range(30, 39) for u in core.frame(i, i, face(i), t=3.0)]
+    assert len(tough) == 3 and all(u.resync for u in tough)
+    core.resilient = False
+    core.request_resync()
+    assert [u.resync for u in core.frame(39, 39, face(39), t=3.0) + core.flush()] == [True]
+
+
 def test_live_receiver_shows_no_face_frames_as_the_senders_fill(model):
     """Face, face lost, face back (a new keyframe): the live receiver shows the lost stretch
     blank, never a face rendered from the old keyframe, and the rest as the file decoder."""
@@ -251,12 +314,8 @@ def test_live_receiver_shows_no_face_frames_as_the_senders_fill(model):
     faces = [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(2)]
     units = []
     for i in range(18):
-        if 6 <= i < 12:
-            units += core.no_face(i, params.nominal_pts(i))
-            continue
-        if core.needs_keyframe:
-            units += core.keyframe(faces[i // 12], i)
-        units += core.face(i, params.nominal_pts(i), track[i])
+        face = None if 6 <= i < 12 else Face(faces[i // 12], track[i])
+        units += core.frame(i, params.nominal_pts(i), face)
     units += core.flush()
     assert [type(u).__name__ for u in units].count("KeyframeUnit") == 2
 
