@@ -1,1 +1,2 @@
-"""Benchmarks (run as scripts: ``PYTHONPATH=. python3 benchmarks/<name>.py --out DIR``)."""
+"""Benchmarks of the kernels and the model, run from a checkout as modules:
+``python -m benchmarks.<name> --out DIR`` (an installed package too, so tests import them)."""

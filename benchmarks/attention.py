@@ -1,9 +1,9 @@
 """Fused implicit-warping attention against the best PyTorch composition (issue #4).
 
-    PYTHONPATH=. python3 benchmarks/attention.py --out DIR           # full GPU run (~5 min)
-    PYTHONPATH=. python3 benchmarks/attention.py --out DIR --quick   # 2 cases, shorter timing
-    PYTHONPATH=. python3 benchmarks/attention.py --out DIR --check   # correctness sweep only
-    PYTHONPATH=. python3 benchmarks/attention.py --out DIR --smoke   # tiny shapes; CPU: interpreter
+    python -m benchmarks.attention --out DIR           # full GPU run (~5 min)
+    python -m benchmarks.attention --out DIR --quick   # 2 cases, shorter timing
+    python -m benchmarks.attention --out DIR --check   # correctness sweep only
+    python -m benchmarks.attention --out DIR --smoke   # tiny shapes; CPU: interpreter
 
 The op is ``kernels.warp_attention``: A = softmax(Q K^T * scale), out_v = A V, out_k = A K,
 out_p = A P. Every method below produces those three outputs from bf16 inputs at batch 1, one

@@ -1,7 +1,7 @@
 """What the model costs per frame at the sender and the receiver, on one device.
 
-    PYTHONPATH=. python3 benchmarks/render.py --out results/render            # GPU (~1 min)
-    PYTHONPATH=. python3 benchmarks/render.py --out DIR --smoke               # tiny model, CPU
+    python -m benchmarks.render --out results/render            # GPU (~1 min)
+    python -m benchmarks.render --out DIR --smoke               # tiny model, CPU
 
 The parts timed are the ones the pipeline runs (docs/model.md, "what is computed when"):
 

@@ -6,21 +6,14 @@ the fused outputs and gradients match the reference, and that the JSON has what 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+import benchmarks.attention as bench
 import kernels.dispatch as dispatch
-
-# benchmarks/ is a folder of scripts, not an installed package: import it from the checkout
-# whether pytest runs as `python -m pytest` (cwd on sys.path) or as `pytest`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-bench = importlib.import_module("benchmarks.attention")
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see tests/test_kernels.py)

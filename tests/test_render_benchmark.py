@@ -3,13 +3,9 @@ here; what is checked is that every part is timed and the JSON holds what docs c
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-bench = importlib.import_module("benchmarks.render")
+import benchmarks.render as bench
 
 
 def test_smoke_run_times_every_part_and_writes_json(tmp_path, capsys):
