@@ -9,8 +9,8 @@ The parts timed are the ones the pipeline runs (docs/model.md, "what is computed
   receiver, once per keyframe).
 - ``encode_source``: the features of one keyframe (the receiver, once per keyframe).
 - ``render N src, batch B``: ``model.render`` from N cached keyframes for B frames at once
-  (the receiver, every frame: query U-Net, key positions, the attention, with ``source_warp``
-  the second attention pass and the warp of the full-resolution sources, the decoder).
+  (the receiver, every frame: query U-Net, key positions, the attention, the second
+  attention pass and the warps of the full-resolution sources, the decoder and its masks).
   Reported per call and per frame.
 
 The inputs are random images (the cost does not depend on what they show). Each part runs
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import platform
 import statistics
@@ -68,8 +67,7 @@ def timer(device: torch.device, warmup: int, reps: int) -> Callable[[Callable[[]
 def build_model(args: argparse.Namespace, device: torch.device) -> ImplicitWarpingModel:
     if args.smoke:
         torch.manual_seed(0)
-        cfg = dataclasses.replace(tiny_config(), source_warp=True)  # the shipped weights' path
-        return ImplicitWarpingModel(cfg, attention_backend="torch").to(device).eval()
+        return ImplicitWarpingModel(tiny_config(), attention_backend="torch").to(device).eval()
     from codec.weights import load_model
 
     return load_model(args.weights, device=device)

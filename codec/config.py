@@ -8,7 +8,13 @@ supplementary section C, scaled down to travel (<= 8M parameters):
 * query and key U-Nets at 1/4 resolution projected to ``attn_dim`` (d);
 * value encoder: a 3-layer conv net with two downsampling convs to ``value_dim`` (d');
 * ``num_extra_kv`` (about 400) learned key/value pairs;
-* decoder: ``decoder_res_blocks`` (8) pre-activation residual blocks and 2 upsampling blocks.
+* decoder: ``decoder_res_blocks`` (8) pre-activation residual blocks and 2 upsampling blocks;
+* not in the paper: a keypoint motion prior on the keys' positions, and two masks after the
+  decoder that blend in the source warped by the attention's flow and by the keypoints' own
+  motion (codec.model, docs/model.md).
+
+``ModelConfig()`` is the shipped model (codec/weights/iwcodec-256.safetensors); the variants
+earlier versions could switch on or off are fixed now (:data:`RETIRED_SWITCHES`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,6 @@ class ModelConfig:
     kp_temperature: float = 0.1  # FOMM: softmax temperature of the heatmaps
     # Spatial keypoint maps: a Gaussian of this variance (in [-1, 1] units) per keypoint.
     kp_variance: float = 0.01
-    # Also feed per-keypoint offsets to the query/key networks (codec.keypoints.keypoint_offset_maps).
-    kp_offsets: bool = False
     # Query / key U-Nets (supplementary Fig. 9).
     unet_block_expansion: int = 32
     unet_num_blocks: int = 4
@@ -42,46 +46,18 @@ class ModelConfig:
     # logit, i.e. a local identity warp at step 0 (codec.model.PositionEncoding).
     pos_init_sigma: float = 0.06
     pos_init_logit: float = 12.0
-    # Motion prior on the keys' positions (codec.model.ImplicitWarpingModel.source_positions):
-    # Gaussian width of a keypoint's influence, and the distance (in widths) at which the still
-    # background weighs as much as one keypoint.
-    motion_prior: bool = True
+    # Motion prior on the keys' positions (codec.model.ImplicitWarpingModel.source_positions)
+    # and its backward form, the prior warp (ImplicitWarpingModel.prior_flow): Gaussian width
+    # of a keypoint's influence, and the distance (in widths) at which the still background
+    # weighs as much as one keypoint.
     motion_sigma: float = 0.2
     motion_background: float = 2.0
-    residual_hidden: int = 256  # MLP of the residual branch (Fig. 3, purple)
-    # Fig. 3 also concatenates the queries into the residual MLP. Off here: in a short run
-    # with the queries in, a val clip came out with a *training* clip's face and background
-    # (the decoder painting from the driving keypoints alone); without them every path from
-    # the driving keypoints goes through the attention weights. Metrics at 1100 steps did
-    # not separate the two (16.6 vs 16.8 dB, results/training/design_ablations.json): an
-    # open ablation for a longer run.
-    residual_query: bool = False
+    # MLP of the residual branch (Fig. 3, purple), on [A K, A P]: Fig. 3 also feeds it the
+    # queries, left out here (docs/model.md, design item 2).
+    residual_hidden: int = 256
     # Decoder.
     decoder_res_blocks: int = 8
     decoder_channels: tuple[int, ...] = (64, 32)  # after the 1st and 2nd upsampling block
-    # Not in the paper, off in the shipped weights: also carry each source token's
-    # full-resolution pixel patch (feature_stride^2 pixels) through the attention, and let a
-    # refinement stage after the decoder add detail from the warped patches
-    # (codec.model.Decoder). Aimed at the detail lost on unseen faces (docs/model.md: rebuilt
-    # from itself, a val frame keeps LPIPS 0.06, a training frame 0.03). Its new layers start
-    # at zero, so weights trained without it load into it and render unchanged
-    # (GROWTH_FIELDS, codec.train: --init-from FILE --model source_patches=true).
-    source_patches: bool = False
-    # Not in the paper: a second pass of the attention, sharpened, averages each source token's
-    # position: per driving token and source, where its content comes from. With that implicit
-    # flow the full-resolution source is warped by bilinear sampling (sharp where
-    # source_patches' averaged patches are blurred), and a mask stage blends the warped source
-    # into the decoder's output (codec.model.ImplicitWarpingModel.warp_sources, Decoder). Zero
-    # start: grows from weights without it (GROWTH_FIELDS). On in the shipped weights.
-    source_warp: bool = True
-    # Not in the paper: the sources also warped by the keypoints' own motion (the backward
-    # form of the motion prior, ``codec.model.ImplicitWarpingModel.prior_flow``), which is the
-    # identity when the driving keypoints are the source's, and a second mask that blends that
-    # warp in where the motion is small (``codec.model.Decoder``): the receiver holds the
-    # keyframe, so a frame that shows the face where the keyframe shows it should give the
-    # keyframe's own pixels back (docs/model.md, design item 8). Needs source_warp; zero start
-    # (GROWTH_FIELDS). On in the shipped weights.
-    prior_warp: bool = True
     # 1/4 resolution everywhere the paper says so.
     feature_stride: int = 4
 
@@ -93,17 +69,14 @@ class ModelConfig:
             )
         if len(self.decoder_channels) != 2 or self.feature_stride != 4:
             raise ValueError("the decoder has exactly 2 upsampling blocks (feature_stride 4)")
-        if self.source_patches and self.source_warp:
-            raise ValueError("source_patches and source_warp are two refinements: choose one")
-        if self.prior_warp and not self.source_warp:
-            raise ValueError("prior_warp refines source_warp's blend: it needs source_warp")
         if not 1 <= self.num_kp <= 255:
             raise ValueError("num_kp must be in 1..255")
 
     @property
     def patch_channels(self) -> int:
-        """Channels of a source token's full-resolution pixel patch (0 without them)."""
-        return 3 * self.feature_stride**2 if self.source_patches or self.source_warp else 0
+        """Channels of a source token's full-resolution pixel patch (the source warps sample
+        the source at full resolution from these): 48 at feature_stride 4."""
+        return 3 * self.feature_stride**2
 
     @property
     def feature_size(self) -> int:
@@ -117,16 +90,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        """Config from a stored dict. A refinement (GROWTH_FIELDS) that the dict does not name
-        did not exist when it was written, so it is off, whatever today's default is."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        d = {f: False for f in GROWTH_FIELDS} | dict(d)
-        if "decoder_channels" in d:
-            d["decoder_channels"] = tuple(d["decoder_channels"])
-        return cls(**d)
+        """Config from a stored dict (weights, checkpoints, exported runs): see
+        :func:`read_stored_config`."""
+        return read_stored_config(d)[0]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -174,9 +140,46 @@ class LossWeights:
     lowpass: float = 0.0
 
 
-# Fields that add layers whose zero start leaves the model's function unchanged: weights trained
-# without them can start a run with them (codec.train.Trainer.load_weights_file).
-GROWTH_FIELDS = ("source_patches", "source_warp", "prior_warp")
+# Switches of earlier versions, each now fixed at the value given here: the model is the
+# shipped variant, with no branch that no shipped weights take (docs/model.md, "Where this
+# differs from the paper", items 1, 2, 5-8). A stored config or a ``--model`` override may
+# still name one, but only with this value; weights trained with another would not fit.
+RETIRED_SWITCHES = {
+    "motion_prior": True,
+    "kp_offsets": False,
+    "residual_query": False,
+    "source_patches": False,
+    "source_warp": True,
+    "prior_warp": True,
+}
+# Refinements whose layers start as a no-op (codec.model.REFINEMENT_LAYERS): weights from
+# before one (a stored config that does not name it, or names it off) load with those layers
+# at their start and render as they did; training continues from there (codec.train,
+# --init-from FILE), which is how the shipped weights grew them (results/training/run16).
+ZERO_START_REFINEMENTS = ("source_warp", "prior_warp")
+
+
+def read_stored_config(d: dict) -> tuple[ModelConfig, tuple[str, ...]]:
+    """A stored config dict -> (the config, the ZERO_START_REFINEMENTS it predates).
+
+    Raises ValueError for a field this version does not know, or a retired switch at a value
+    the model no longer has (e.g. ``source_patches: true``, run4's weights)."""
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(d) - known - set(RETIRED_SWITCHES)
+    if unknown:
+        raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+    predates = tuple(f for f in ZERO_START_REFINEMENTS if not d.get(f, False))
+    for name, fixed in RETIRED_SWITCHES.items():
+        value = d.pop(name, fixed)
+        if value != fixed and name not in predates:
+            raise ValueError(
+                f"{name}={value}: this version's model always has {name}={fixed} "
+                "(docs/model.md, design items)"
+            )
+    if "decoder_channels" in d:
+        d["decoder_channels"] = tuple(d["decoder_channels"])
+    return ModelConfig(**d), predates
 
 
 @dataclass

@@ -40,24 +40,6 @@ def keypoint_maps(
     return gauss * strength[:, :, None, None]
 
 
-def keypoint_offset_maps(kp: torch.Tensor, strength: torch.Tensor, size: int) -> torch.Tensor:
-    """Each pixel's offset from each keypoint, and its squared length, times the strength.
-
-    kp: (B, K, 2), strength: (B, K) -> (B, 3K, size, size) ordered [dx_k, dy_k, |d_k|^2].
-
-    Not in the paper: an inductive bias of ours. With these channels a linear map lets the
-    query/key dot product express -sum_k w_k |r_k(z) - r'_k(z')|^2 (query offsets [r, 1],
-    key offsets [2r', -|r'|^2]): "the source point that sits where the driving point sits,
-    relative to the keypoints", the motion model FOMM builds explicitly. Gaussian bumps alone
-    carry no signal far from a keypoint, and attention had to discover correspondences from
-    scratch; with offsets it starts from a sensible one.
-    """
-    grid = coordinate_grid(size, size, device=kp.device, dtype=kp.dtype)  # (S, S, 2)
-    d = grid[None, None] - kp[:, :, None, None, :]  # (B, K, S, S, 2)
-    s = strength[:, :, None, None]
-    return torch.cat([d[..., 0] * s, d[..., 1] * s, d.pow(2).sum(-1) * s], 1)
-
-
 class KeypointDetector(nn.Module):
     """FOMM keypoint detector plus a strength branch.
 

@@ -8,13 +8,20 @@ Data path for one driving frame, with N source images (keyframes):
                  image/4 -> P (B, S*S, 3)                  (pixels for the residual branch)
     keys/values of all sources concatenated, plus ``num_extra_kv`` learned pairs
     A = softmax(Q K^T / sqrt(d));  warped = A V + MLP([A K, A P])        (eq. 1, Fig. 3)
-    decoder(warped) -> image (B, 3, H, W)
+    decoder(warped) -> image (B, 3, H, W), then two masks blend in the full-resolution source
+    warped by the attention's implicit flow (:meth:`ImplicitWarpingModel.warp_sources`) and by
+    the keypoints' own motion (:meth:`ImplicitWarpingModel.prior_warp`)
 
 pe is the learnable position embedding (a Fourier-feature function of position); T(z') moves
 each source position by the keypoints' displacement (``source_positions``), a motion prior
 the attention refines. Everything that depends only on the sources is computed once per
 keyframe (:meth:`ImplicitWarpingModel.encode_source`); per frame only the queries, the
 positional term of the keys and the attention run (:meth:`ImplicitWarpingModel.render`).
+
+This is the shipped model, with no switches: the motion prior and the two source warps are
+not in the paper (docs/model.md, "Where this differs from the paper"). The two warps' masks
+start at zero (:data:`REFINEMENT_LAYERS`), so weights from before them load and render as
+they did (codec.weights.load_model).
 """
 
 from __future__ import annotations
@@ -29,12 +36,7 @@ from torch import nn
 import kernels
 from codec.blocks import ConvNormAct, ResBlock, UNet, UpBlock, norm
 from codec.config import ModelConfig
-from codec.keypoints import (
-    KeypointDetector,
-    coordinate_grid,
-    keypoint_maps,
-    keypoint_offset_maps,
-)
+from codec.keypoints import KeypointDetector, coordinate_grid, keypoint_maps
 
 
 @dataclass
@@ -42,9 +44,10 @@ class SourceFeatures:
     """What the receiver keeps per keyframe: everything attention needs from the sources except
     the per-frame positional term (which depends on the driving keypoints).
 
-    keys: (B, N*L, d) content keys, values: (B, N*L, d'), pixels: (B, N*L, 3) (3 + P with
-    cfg.source_patches or cfg.source_warp: the full-resolution patch of each token), with L = S*S
-    tokens per source, sources in order; kp: (B, N, K, 2) and strength: (B, N, K) of the sources.
+    keys: (B, N*L, d) content keys, values: (B, N*L, d'), pixels: (B, N*L, 3 + P) (the token's
+    pixel at S x S, then its full-resolution patch of P = cfg.patch_channels values), with
+    L = S*S tokens per source, sources in order; kp: (B, N, K, 2) and strength: (B, N, K) of
+    the sources.
     """
 
     keys: torch.Tensor
@@ -132,17 +135,31 @@ class ValueEncoder(nn.Sequential):
         )
 
 
-class Decoder(nn.Module):
-    """Residual blocks then 2 upsampling blocks to the output image (supplementary C).
+# The layers of each refinement whose start is a no-op (state-dict key prefixes), by the config
+# name earlier versions switched it with (codec.config.ZERO_START_REFINEMENTS): weights from
+# before it lack these tensors and load with them at their start.
+REFINEMENT_LAYERS = {
+    "source_warp": ("warp_log_sharpness", "decoder.blend."),
+    "prior_warp": ("decoder.prior_blend.",),
+}
 
-    Two refinements (not in the paper), each starting as a no-op so weights trained without
-    them render unchanged:
-    - ``cfg.source_patches``: a stage sees the decoder's full-resolution features beside the
-      attention-averaged source pixels and adds to the output logits (last conv at zero).
-    - ``cfg.source_warp``: a stage sees the decoder's features and output beside the source
-      warped by the attention's implicit flow (and the attention mass that flow rests on), and
-      predicts a mask alpha in [0, 1] (clamped; last conv at zero) that blends the warped source
-      into the output, like the occlusion masks of FOMM (section 3.3) and TPSMM.
+
+class ConvDecoder(nn.Module):
+    """The paper's decoder (supplementary C: residual blocks, then 2 upsampling blocks to the
+    output image), and two masks after it (not in the paper), like the occlusion masks of FOMM
+    (section 3.3) and TPSMM:
+
+    - ``blend`` sees the decoder's features and output beside the source warped by the
+      attention's implicit flow (and the attention mass that flow rests on) and predicts a mask
+      alpha in [0, 1] that blends that warped source into the output;
+    - ``prior_blend`` then does the same with the source warped by the keypoints' own motion
+      (and that motion's size), so a frame that shows the face where the keyframe shows it
+      gets the keyframe's own pixels back.
+
+    Each mask's last convolution starts at zero (alpha = 0: no change), so weights trained
+    without a mask render unchanged with it (:data:`REFINEMENT_LAYERS`). (Named apart from
+    ``receiver.decoder.Decoder``, which decodes streams; the attribute and its weights keep
+    the paper's name, ``decoder``.)
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -151,57 +168,36 @@ class Decoder(nn.Module):
         self.res = nn.Sequential(*[ResBlock(cfg.value_dim) for _ in range(cfg.decoder_res_blocks)])
         self.up = nn.Sequential(UpBlock(cfg.value_dim, c1), UpBlock(c1, c2))
         self.out = nn.Conv2d(c2, 3, 7, padding=3)
-        self.refine = None
-        self.blend = None
-        if cfg.source_patches:
-            self.refine = nn.Sequential(
-                ConvNormAct(c2 + 3, c2, kernel=3), nn.Conv2d(c2, 3, 3, padding=1)
-            )
-            last = self.refine[-1]
-        if cfg.source_warp:  # input: features, output, warped source (3) and its mass (1)
-            self.blend = nn.Sequential(
-                ConvNormAct(c2 + 3 + 4, c2, kernel=3),
-                ConvNormAct(c2, c2, kernel=3),
-                nn.Conv2d(c2, 1, 3, padding=1),
-            )
-            last = self.blend[-1]
-        if cfg.source_patches or cfg.source_warp:
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-        self.prior_blend = None
-        if cfg.prior_warp:  # input: features, output so far, prior-warped source (3), motion (1)
-            self.prior_blend = nn.Sequential(
-                ConvNormAct(c2 + 3 + 4, c2, kernel=3),
-                ConvNormAct(c2, c2, kernel=3),
-                nn.Conv2d(c2, 1, 3, padding=1),
-            )
-            nn.init.zeros_(self.prior_blend[-1].weight)
-            nn.init.zeros_(self.prior_blend[-1].bias)
+        # input of each mask: features (c2), output so far (3), warped source (3), and the
+        # attention mass (blend) or the motion's size (prior_blend) (1)
+        self.blend = _mask_stage(c2 + 3 + 4, c2)
+        self.prior_blend = _mask_stage(c2 + 3 + 4, c2)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        guide: torch.Tensor | None = None,
-        prior: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """x (B, d', S, S); guide (B, 3, H, W) the averaged source patches (source_patches) or
-        (B, 4, H, W) the warped source and its mass (source_warp), in [-1, 1]; prior
-        (B, 4, H, W) the source warped by the keypoints' motion and that motion's size
-        (prior_warp, :meth:`ImplicitWarpingModel.prior_warp`) -> image (B, 3, H, W) in [0, 1]"""
+    def forward(self, x: torch.Tensor, warped: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """x (B, d', S, S); warped (B, 4, H, W) the source warped by the attention and its mass
+        (:meth:`ImplicitWarpingModel.warp_sources`), prior (B, 4, H, W) the source warped by
+        the keypoints' motion and that motion's size (:meth:`ImplicitWarpingModel.prior_warp`),
+        both in [-1, 1] -> image (B, 3, H, W) in [0, 1]"""
         h = self.up(self.res(x))  # (B, c2, H, W)
-        logits = self.out(h)
-        if self.refine is not None:
-            logits = logits + self.refine(torch.cat([h, guide.to(h.dtype)], 1))
-        image = torch.sigmoid(logits)  # (B, 3, H, W)
-        if self.blend is not None:
-            guide = guide.to(h.dtype)
-            alpha = self.blend(torch.cat([h, image * 2 - 1, guide], 1)).clamp(0, 1)  # (B, 1, H, W)
-            image = image + alpha * ((guide[:, :3] + 1) / 2 - image)
-        if self.prior_blend is not None:
-            prior = prior.to(h.dtype)
-            beta = self.prior_blend(torch.cat([h, image * 2 - 1, prior], 1)).clamp(0, 1)
-            image = image + beta * ((prior[:, :3] + 1) / 2 - image)  # (B, 3, H, W)
-        return image
+        image = torch.sigmoid(self.out(h))  # (B, 3, H, W)
+        warped = warped.to(h.dtype)
+        alpha = self.blend(torch.cat([h, image * 2 - 1, warped], 1)).clamp(0, 1)  # (B, 1, H, W)
+        image = image + alpha * ((warped[:, :3] + 1) / 2 - image)
+        prior = prior.to(h.dtype)
+        beta = self.prior_blend(torch.cat([h, image * 2 - 1, prior], 1)).clamp(0, 1)
+        return image + beta * ((prior[:, :3] + 1) / 2 - image)  # (B, 3, H, W)
+
+
+def _mask_stage(channels: int, hidden: int) -> nn.Sequential:
+    """Two 3x3 conv-norm-ReLU layers, then a 3x3 conv to one channel that starts at zero."""
+    stage = nn.Sequential(
+        ConvNormAct(channels, hidden, kernel=3),
+        ConvNormAct(hidden, hidden, kernel=3),
+        nn.Conv2d(hidden, 1, 3, padding=1),
+    )
+    nn.init.zeros_(stage[-1].weight)
+    nn.init.zeros_(stage[-1].bias)
+    return stage
 
 
 class ImplicitWarpingModel(nn.Module):
@@ -214,11 +210,10 @@ class ImplicitWarpingModel(nn.Module):
         self.weights_path = None
         d, dv, k = cfg.attn_dim, cfg.value_dim, cfg.num_kp
         self.kp_detector = KeypointDetector(cfg)
-        kc = k * (4 if cfg.kp_offsets else 1)  # channels of the spatial keypoint representation
         unet = (cfg.unet_block_expansion, cfg.unet_num_blocks, cfg.unet_max_features)
-        self.query_unet = UNet(kc, *unet)
+        self.query_unet = UNet(k, *unet)
         self.query_proj = nn.Conv2d(self.query_unet.out_channels, d, 1)
-        self.key_unet = UNet(3 + kc, *unet)
+        self.key_unet = UNet(3 + k, *unet)
         self.key_proj = nn.Conv2d(self.key_unet.out_channels, d, 1)
         self.value_encoder = ValueEncoder(dv)
         self.pos = PositionEncoding(d, cfg.pos_init_sigma, cfg.pos_init_logit)
@@ -231,17 +226,15 @@ class ImplicitWarpingModel(nn.Module):
         self.extra_keys = nn.Parameter(torch.randn(cfg.num_extra_kv, d) * d**-0.5)
         self.extra_values = nn.Parameter(torch.randn(cfg.num_extra_kv, dv) * 0.02)
         self.extra_pixels = nn.Parameter(torch.zeros(cfg.num_extra_kv, 3))
-        if cfg.source_patches:  # grey patches: a guess for content missing from every source
-            self.extra_patches = nn.Parameter(torch.zeros(cfg.num_extra_kv, cfg.patch_channels))
-        if cfg.source_warp:  # log of the warp attention's sharpness (warp_sources)
-            self.warp_log_sharpness = nn.Parameter(torch.tensor(math.log(4.0)))
-        # Residual branch (Fig. 3, purple): MLP([A K, A P] (+ Q)) added to A V.
+        # log of the warp attention's sharpness (warp_sources)
+        self.warp_log_sharpness = nn.Parameter(torch.tensor(math.log(4.0)))
+        # Residual branch (Fig. 3, purple): MLP([A K, A P]) added to A V.
         self.residual_mlp = nn.Sequential(
-            nn.Linear((2 if cfg.residual_query else 1) * d + 3, cfg.residual_hidden),
+            nn.Linear(d + 3, cfg.residual_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(cfg.residual_hidden, dv),
         )
-        self.decoder = Decoder(cfg)
+        self.decoder = ConvDecoder(cfg)
 
     # -- sender side --------------------------------------------------------------------------
     def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,13 +249,8 @@ class ImplicitWarpingModel(nn.Module):
         )
 
     def _kp_representation(self, kp: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        """(B, K, 2), (B, K) -> (B, K or 4K, S, S): Gaussians times strength (section 3),
-        plus the keypoint offsets when ``cfg.kp_offsets``."""
-        s = self.cfg.feature_size
-        maps = keypoint_maps(kp, strength, s, self.cfg.kp_variance)
-        if self.cfg.kp_offsets:
-            maps = torch.cat([maps, keypoint_offset_maps(kp, strength, s)], 1)
-        return maps
+        """(B, K, 2), (B, K) -> (B, K, S, S): Gaussians times strength (section 3)."""
+        return keypoint_maps(kp, strength, self.cfg.feature_size, self.cfg.kp_variance)
 
     def encode_source(
         self, image: torch.Tensor, kp: torch.Tensor, strength: torch.Tensor
@@ -270,18 +258,18 @@ class ImplicitWarpingModel(nn.Module):
         """Source images (B, 3, H, W) and their keypoints (B, K, 2), (B, K) -> features of one
         source each (B, 1 source); computed once per keyframe."""
         small = self._downsample(image)  # (B, 3, S, S)
-        maps = self._kp_representation(kp, strength).to(small.dtype)  # (B, K or 4K, S, S)
+        maps = self._kp_representation(kp, strength).to(small.dtype)  # (B, K, S, S)
         keys = _to_tokens(self.key_proj(self.key_unet(torch.cat([small, maps], 1))))  # (B, L, d)
         values = _to_tokens(self.value_encoder(image))  # (B, L, d')
         pixels = _to_tokens(small * 2 - 1)  # (B, L, 3) in [-1, 1]
-        if self.cfg.patch_channels:  # source_patches or source_warp
-            patches = F.pixel_unshuffle(image * 2 - 1, self.cfg.feature_stride)  # (B, 3*f*f, S, S)
-            pixels = torch.cat([pixels, _to_tokens(patches).to(pixels.dtype)], -1)  # (B, L, 3+P)
+        # the full-resolution patch of each token, for the source warps
+        patches = F.pixel_unshuffle(image * 2 - 1, self.cfg.feature_stride)  # (B, 3*f*f, S, S)
+        pixels = torch.cat([pixels, _to_tokens(patches).to(pixels.dtype)], -1)  # (B, L, 3+P)
         return SourceFeatures(keys, values, pixels, kp[:, None], strength[:, None])
 
     def queries(self, kp: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """Driving keypoints (B, K, 2), (B, K) -> queries (B, L, d) with position embeddings."""
-        maps = self._kp_representation(kp, strength)  # (B, K or 4K, S, S)
+        maps = self._kp_representation(kp, strength)  # (B, K, S, S)
         q = _to_tokens(self.query_proj(self.query_unet(maps.to(self.query_proj.weight.dtype))))
         return q + self.pos(self.grid).to(q.dtype)
 
@@ -300,8 +288,6 @@ class ImplicitWarpingModel(nn.Module):
         kp_s (B, N, K, 2), s_s (B, N, K), kp_d (B, K, 2), s_d (B, K)
         """
         grid = self.grid[None, None, :, None, :]  # (1, 1, L, 1, 2)
-        if not self.cfg.motion_prior:
-            return grid[:, :, :, 0].expand(kp_s.shape[0], kp_s.shape[1], -1, -1)
         kp_s, s_s, kp_d, s_d = kp_s.float(), s_s.float(), kp_d.float(), s_d.float()
         d2 = (grid - kp_s[:, :, None]).pow(2).sum(-1)  # (B, N, L, K)
         w = torch.exp(-d2 / (2 * self.cfg.motion_sigma**2)) * (s_s[:, :, None] * s_d[:, None, None])
@@ -322,18 +308,18 @@ class ImplicitWarpingModel(nn.Module):
         src: features of N sources (batch B or 1); kp (B, K, 2); strength (B, K);
         key_bias (B, N*L) of 0/-inf (dropped source keys) -> image (B, 3, H, W) in [0, 1]
         """
-        return self.render_with_guide(src, kp, strength, key_bias)[0]
+        return self.render_with_warp(src, kp, strength, key_bias)[0]
 
-    def render_with_guide(
+    def render_with_warp(
         self,
         src: SourceFeatures,
         kp: torch.Tensor,
         strength: torch.Tensor,
         key_bias: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`render`, and beside the image what the decoder was guided by: with
-        ``cfg.source_warp`` the warped sources and their mass (B, 4, H, W) of
-        :meth:`warp_sources` (training scores the warp alone too), else None."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`render`, and beside the image the sources warped by the attention's implicit
+        flow and their mass, (B, 4, H, W) in [-1, 1] (:meth:`warp_sources`; training scores
+        the warp alone too)."""
         b = kp.shape[0]
         src = src.expand(b)
         q = self.queries(kp, strength)  # (B, L, d)
@@ -345,30 +331,19 @@ class ImplicitWarpingModel(nn.Module):
 
         keys = with_extra(keys, self.extra_keys)  # (B, N*L + E, d)
         values = with_extra(src.values, self.extra_values)  # (B, N*L + E, d')
-        if self.cfg.source_patches:  # all of P through the attention
-            pixels = src.pixels  # (B, N*L, 3+P)
-            extra_pixels = torch.cat([self.extra_pixels, self.extra_patches], -1)  # (E, 3+P)
-        else:  # (with source_warp P is there, but only for warp_sources)
-            pixels, extra_pixels = src.pixels[..., :3], self.extra_pixels  # (B, N*L, 3), (E, 3)
-        pixels = with_extra(pixels, extra_pixels)  # (B, N*L + E, 3 (+P))
+        # the pixels at S x S only: the patches reach the output through warp_sources
+        pixels = with_extra(src.pixels[..., :3], self.extra_pixels)  # (B, N*L + E, 3)
         if key_bias is not None:
             key_bias = torch.cat([key_bias, key_bias.new_zeros(b, self.cfg.num_extra_kv)], 1)
         out_v, out_k, out_p = kernels.warp_attention(
             q, keys, values, pixels, key_bias=key_bias, backend=self.attention_backend
-        )
-        out_p, out_patches = out_p[..., :3], out_p[..., 3:]  # (B, L, 3), (B, L, P)
-        residual_in = [out_k, out_p, q] if self.cfg.residual_query else [out_k, out_p]
-        warped = out_v + self.residual_mlp(torch.cat(residual_in, -1))  # (B, L, d')
+        )  # (B, L, d'), (B, L, d), (B, L, 3)
+        warped = out_v + self.residual_mlp(torch.cat([out_k, out_p], -1))  # (B, L, d')
         s = self.cfg.feature_size
         warped = warped.transpose(1, 2).reshape(b, -1, s, s)  # (B, d', S, S)
-        if self.cfg.source_patches:
-            patches = out_patches.transpose(1, 2).reshape(b, -1, s, s)  # (B, P, S, S)
-            return self.decoder(warped, F.pixel_shuffle(patches, self.cfg.feature_stride)), None
-        if self.cfg.source_warp:
-            guide = self.warp_sources(src, q, keys, key_bias)  # (B, 4, H, W)
-            prior = self.prior_warp(src, kp, strength) if self.cfg.prior_warp else None
-            return self.decoder(warped, guide, prior), guide
-        return self.decoder(warped), None
+        flowed = self.warp_sources(src, q, keys, key_bias)  # (B, 4, H, W)
+        prior = self.prior_warp(src, kp, strength)  # (B, 4, H, W)
+        return self.decoder(warped, flowed, prior), flowed
 
     def prior_flow(
         self, kp_s: torch.Tensor, s_s: torch.Tensor, kp_d: torch.Tensor, s_d: torch.Tensor
@@ -393,11 +368,11 @@ class ImplicitWarpingModel(nn.Module):
         return (w[..., None] * shift).sum(3) / (w.sum(3, keepdim=True) + background)
 
     def prior_warp(self, src: SourceFeatures, kp: torch.Tensor, strength: torch.Tensor):
-        """The source nearest in pose warped by :meth:`prior_flow` (cfg.prior_warp).
+        """The source nearest in pose warped by :meth:`prior_flow`.
 
         src: N sources (batch B); kp (B, K, 2), strength (B, K) of the driving frame.
         -> (B, 4, H, W) in [-1, 1]: the warped source (3) and tanh(10 |displacement|) (1), so
-        the mask that blends it in (``Decoder.prior_blend``) sees where the keypoints say the
+        the mask that blends it in (``ConvDecoder.prior_blend``) sees where the keypoints say the
         face has not moved. Per frame the source whose keypoints are nearest to the driving
         ones (strength-weighted mean distance) is taken, one pick for the whole frame. The
         displacement is upsampled from S x S to H x W as in :meth:`warp_sources`, so zero
@@ -440,7 +415,7 @@ class ImplicitWarpingModel(nn.Module):
         keys: torch.Tensor,
         key_bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The full-resolution sources warped by the attention's implicit flow (cfg.source_warp).
+        """The full-resolution sources warped by the attention's implicit flow.
 
         src: the N sources (batch B); q (B, L, d), keys (B, N*L + E, d) and key_bias
         (B, N*L + E) or None as in the main attention.
@@ -500,9 +475,9 @@ class ImplicitWarpingModel(nn.Module):
         sources (B, N, 3, H, W), driving (B, 3, H, W), key_bias (B, N*S*S) or None.
         ``extra_detect`` (B', 3, H, W): more images to run the keypoint detector on in the same
         batch (the warped frames of the equivariance loss); their results come back as
-        ``kp_extra`` / ``strength_extra``. With ``cfg.source_warp`` the sources warped by the
-        attention's implicit flow come back too, as ``warped_source`` (B, 3, H, W) in [0, 1]
-        (mass on the extra keys is grey): training scores it against ``driving``.
+        ``kp_extra`` / ``strength_extra``. The sources warped by the attention's implicit flow
+        come back too, as ``warped_source`` (B, 3, H, W) in [0, 1] (mass on the extra keys is
+        grey): training scores it against ``driving``.
         """
         b, n = sources.shape[:2]
         images = [sources.flatten(0, 1), driving] + (
@@ -512,16 +487,15 @@ class ImplicitWarpingModel(nn.Module):
         kp_src, s_src = kp_all[: b * n], s_all[: b * n]
         kp_drv, s_drv = kp_all[b * n : b * n + b], s_all[b * n : b * n + b]
         src = self.encode_source(sources.flatten(0, 1), kp_src, s_src).regroup(b)  # B sets of N
-        prediction, guide = self.render_with_guide(src, kp_drv, s_drv, key_bias)
+        prediction, flowed = self.render_with_warp(src, kp_drv, s_drv, key_bias)
         out = {
             "prediction": prediction,
             "kp_driving": kp_drv,
             "strength_driving": s_drv,
             "kp_source": src.kp,  # (B, N, K, 2)
             "strength_source": src.strength,
+            "warped_source": (flowed[:, :3] + 1) / 2,  # (B, 3, H, W) in [0, 1]
         }
-        if guide is not None:  # (source_warp) the warped sources alone, in [0, 1]
-            out["warped_source"] = (guide[:, :3] + 1) / 2  # (B, 3, H, W)
         if extra_detect is not None:
             out["kp_extra"], out["strength_extra"] = kp_all[b * n + b :], s_all[b * n + b :]
         return out

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +35,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codec.config import GROWTH_FIELDS, LossWeights, ModelConfig, TrainConfig, tiny_config
+from codec.config import (
+    RETIRED_SWITCHES,
+    LossWeights,
+    ModelConfig,
+    TrainConfig,
+    read_stored_config,
+    tiny_config,
+)
 from codec.data import (
     Clip,
     CodecPairs,
@@ -43,7 +51,7 @@ from codec.data import (
     load_crop_cache,
     semantic_dropout_bias,
 )
-from codec.inference import reconstruct, self_reconstruct
+from codec.inference import reconstruct, self_reconstruct, to_images
 from codec.losses import (
     MultiScaleDiscriminator,
     RandomWarp,
@@ -58,6 +66,7 @@ from codec.losses import (
 from codec.model import ImplicitWarpingModel, count_parameters
 from codec.perceptual import LPIPS, PerceptualLoss, PerceptualLossConfig
 from codec.weights import save_weights
+from iwcodec.errors import InputError, IWCodecError, ModelMismatchError, UsageError
 
 
 # -- distributed plumbing -------------------------------------------------------------------------
@@ -171,8 +180,10 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = torch.load(path, map_location=self.d.device, weights_only=True)
-        if ModelConfig.from_dict(json.loads(state["model_config"])) != self.mc:
-            raise SystemExit(f"{path} was trained with another model config; use a new --out")
+        if _stored_config(state["model_config"], path) != self.mc:
+            raise ModelMismatchError(
+                f"{path} was trained with another model config; use a new --out"
+            )
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
         self.g_opt.load_state_dict(state["g_opt"])
@@ -218,21 +229,15 @@ class Trainer:
         """The generator from a weights file (codec.weights, e.g. the shipped weights, which
         fit through the device's upload limit where an exported run does not); the
         discriminator and both optimizers start fresh. Counters come from the file's metadata
-        (``step``, ``elapsed``, ``val``) where it has them. The requested config may switch on
-        GROWTH_FIELDS the file was trained without: their layers start at zero, so the model
-        renders as the file's did."""
-        from codec.weights import load_model, read_metadata
+        (``step``, ``elapsed``, ``val``) where it has them. A file from before a zero-start
+        refinement (codec.config.ZERO_START_REFINEMENTS) grows it: those layers keep this
+        run's start, so the model renders as the file's did."""
+        from codec.weights import load_tensors, read_metadata, read_weights
 
-        model = load_model(path)
-        grown = [f for f in GROWTH_FIELDS if getattr(model.cfg, f) != getattr(self.mc, f)]
-        if dataclasses.replace(model.cfg, **{f: getattr(self.mc, f) for f in grown}) != self.mc:
-            raise SystemExit(f"{path} holds another model config than the one requested")
-        if any(not getattr(self.mc, f) for f in grown):
-            raise SystemExit(f"{path}: dropping {', '.join(grown)} is not a continuation")
-        # Grown layers (GROWTH_FIELDS) are absent from the file and keep their zero start.
-        missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
-        if unexpected or (missing and not grown):
-            raise SystemExit(f"{path}: tensors do not match ({unexpected[:3]}, {missing[:3]})")
+        cfg, predates, state = read_weights(path)
+        if cfg != self.mc:
+            raise ModelMismatchError(f"{path} holds another model config than the one requested")
+        load_tensors(self.model, state, predates, path)
         extra = json.loads(read_metadata(path).get("extra", "{}"))
         self.step = int(extra.get("step", 0))
         self.elapsed = float(extra.get("elapsed", 0.0))
@@ -250,19 +255,21 @@ class Trainer:
         try:
             state = load_file(str(path))
         except (OSError, SafetensorError) as e:
-            raise SystemExit(
+            raise InputError(
                 f"--init-discriminator {path}: not a readable safetensors file ({e})"
             ) from e
         mine = self.disc.state_dict()
         if state.keys() != mine.keys() or any(v.shape != mine[k].shape for k, v in state.items()):
-            raise SystemExit(f"--init-discriminator {path}: not this discriminator's tensors")
+            raise ModelMismatchError(
+                f"--init-discriminator {path}: not this discriminator's tensors"
+            )
         self.disc.load_state_dict({k: v.to(mine[k].dtype) for k, v in state.items()})
 
     def load_exported(self, directory: Path) -> None:
         """Weights and counters of an exported run (optimizers start fresh)."""
-        state = json.loads((directory / "state.json").read_text())
-        if ModelConfig.from_dict(state["model"]) != self.mc:
-            raise SystemExit(f"{directory} holds another model config")
+        state = _exported_state(directory)
+        if _stored_config(state["model"], directory) != self.mc:
+            raise ModelMismatchError(f"{directory} holds another model config")
         self.model.load_state_dict(load_shards(directory, "generator"))
         disc = load_shards(directory, "discriminator")
         self.disc.load_state_dict({k: v.float() for k, v in disc.items()})
@@ -375,8 +382,7 @@ class Trainer:
         stats["strength_mean"] = out["strength_driving"].detach().float().mean()
         stats["n_src"] = torch.tensor(float(batch.sources.shape[1]), device=self.d.device)
         stats["lr"] = torch.tensor(lr, device=self.d.device)
-        if self.mc.source_warp:
-            stats["warp_sharpness"] = self.model.warp_log_sharpness.detach().float().exp()
+        stats["warp_sharpness"] = self.model.warp_log_sharpness.detach().float().exp()
         return stats
 
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -481,38 +487,38 @@ class Trainer:
 @torch.no_grad()
 def validate(model, clips: list[Clip], lpips, frames_per_clip: int, autocast) -> dict:
     """Rebuild evenly spaced frames of each val clip from 1 and 2 sources (the first frame;
-    first + middle) and compare with the frozen baseline (the nearest source shown for every
-    frame), and rebuild some of them from themselves (the ceiling): PSNR and LPIPS(alex) per
-    clip and means over clips. ``autocast``: a callable giving the context to render in.
+    first + middle: :func:`codec.inference.reconstruct`) and compare with the frozen baseline
+    (the nearest source shown for every frame), and rebuild some of them from themselves (the
+    ceiling): PSNR and LPIPS(alex) per clip and means over clips. ``autocast``: a callable
+    giving the context to render in.
     -> {"mean": {...}, "clips": {name: {...}}, "samples": [...]}"""
     device = next(model.parameters()).device
     per_clip, samples = {}, []
     for clip in clips:
-        frames = torch.from_numpy(np.array(clip.frames)).to(device)
-        frames = frames.permute(0, 3, 1, 2).float() / 255  # (T, 3, S, S)
-        t = frames.shape[0]
-        idx = torch.linspace(0, t - 1, min(frames_per_clip, t)).round().long()
-        target = frames[idx]
+        frames = np.asarray(clip.frames)  # (T, S, S, 3) uint8
+        t = len(frames)
+        idx = torch.linspace(0, t - 1, min(frames_per_clip, t)).round().long().numpy()
+        target = to_images(frames[idx], device)  # (M, 3, S, S)
         res = {}
         for n in (1, 2):
-            src_idx = [i * t // n for i in range(n)]
             with autocast():
-                pred, kp_src, kp_drv = reconstruct(model, frames[src_idx], target)
-            nearest = [min(src_idx, key=lambda s, i=int(i): abs(s - i)) for i in idx]
-            frozen = frames[nearest]
-            res[f"psnr_{n}src"] = _psnr(pred, target)
-            res[f"lpips_{n}src"] = lpips(pred, target).mean().item()
+                rec = reconstruct(model, frames, n, idx)
+            frozen = to_images(frames[rec.frozen], device)
+            res[f"psnr_{n}src"] = _psnr(rec.images, target)
+            res[f"lpips_{n}src"] = lpips(rec.images, target).mean().item()
             res[f"frozen_psnr_{n}src"] = _psnr(frozen, target)
             res[f"frozen_lpips_{n}src"] = lpips(frozen, target).mean().item()
             if n == 1 and len(samples) < 4:
                 j = len(idx) * 2 // 3
-                samples.append((clip.name, frames[0], target[j], pred[j], kp_src[0], kp_drv[j]))
+                first = to_images(frames[:1], device)[0]
+                kp = (rec.kp_sources[0], rec.kp_targets[j])
+                samples.append((clip.name, first, target[j], rec.images[j], *kp))
         # the ceiling: frames rebuilt from themselves (driving = source)
-        own = target[:: max(1, len(target) // 8)]
+        step = max(1, len(idx) // 8)
         with autocast():
-            pred = self_reconstruct(model, own)
-        res["self_psnr"] = _psnr(pred, own)
-        res["self_lpips"] = lpips(pred, own).mean().item()
+            pred = self_reconstruct(model, frames, idx[::step])
+        res["self_psnr"] = _psnr(pred, target[::step])
+        res["self_lpips"] = lpips(pred, target[::step]).mean().item()
         per_clip[clip.name] = res
     keys = next(iter(per_clip.values()))
     mean = {k: float(np.mean([r[k] for r in per_clip.values()])) for k in keys}
@@ -556,7 +562,7 @@ def load_shards(directory: Path, name: str) -> dict[str, torch.Tensor]:
     for path in sorted(directory.glob(f"{name}-*.safetensors")):
         state.update(load_file(str(path)))
     if not state:
-        raise SystemExit(f"no {name}-*.safetensors in {directory}")
+        raise InputError(f"no {name}-*.safetensors in {directory}")
     return state
 
 
@@ -721,7 +727,7 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
     p.add_argument(
         "--model",
         default="",
-        help="model config overrides, e.g. 'kp_offsets=false,attn_dim=64' (saved with the weights)",
+        help="model config overrides, e.g. 'num_kp=16,attn_dim=64' (saved with the weights)",
     )
     p.add_argument("--gan-weight", type=float, default=LossWeights.gan)
     p.add_argument("--l1-weight", type=float, default=LossWeights.l1)
@@ -729,7 +735,7 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         "--warp-weight",
         type=float,
         default=LossWeights.warp,
-        help="L1 of the warped source alone against the driving frame (needs source_warp)",
+        help="L1 of the source warped by the attention alone against the driving frame",
     )
     p.add_argument(
         "--lowpass-weight",
@@ -757,47 +763,93 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
     if args["init_from"]:
         mc = _init_config(Path(args["init_from"]))
     mc = _override(mc, overrides)
-    if weights.warp > 0 and not mc.source_warp:
-        p.error("--warp-weight scores the source warp: the model needs source_warp=true")
     return mc, TrainConfig(**args, weights=weights)
 
 
 def _init_config(path: Path) -> ModelConfig:
     """The model config of ``--init-from``: a weights file's, or an exported run's."""
     if path.is_file():
-        from codec.weights import read_metadata
+        from codec.weights import read_config
 
-        return ModelConfig.from_dict(json.loads(read_metadata(path)["config"]))
-    return ModelConfig.from_dict(json.loads((path / "state.json").read_text())["model"])
+        return read_config(path)[0]
+    return _stored_config(_exported_state(path)["model"], path)
+
+
+def _exported_state(directory: Path) -> dict:
+    """``state.json`` of an exported run (:func:`export_run`)."""
+    try:
+        return json.loads((directory / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{directory}: not an exported run or a weights file ({e})") from None
+
+
+def _stored_config(stored: str | dict, where: Path) -> ModelConfig:
+    """A model config stored in a checkpoint or an exported run (a dict or its JSON)."""
+    try:
+        d = json.loads(stored) if isinstance(stored, str) else stored
+        return read_stored_config(d)[0]
+    except (ValueError, TypeError) as e:
+        raise ModelMismatchError(f"{where}: invalid model config ({e})") from None
 
 
 def _override(mc: ModelConfig, text: str) -> ModelConfig:
+    """``--model key=value,...``: fields of the model config (a list's items split by ``/``).
+    A retired switch (codec.config.RETIRED_SWITCHES) is accepted at the value the model now
+    always has, so earlier recipes (``--model prior_warp=true``) still run."""
     if not text:
         return mc
     d = mc.to_dict()
     for item in text.split(","):
         key, _, value = item.partition("=")
+        if key in RETIRED_SWITCHES:
+            if _parse_bool(value) != RETIRED_SWITCHES[key]:
+                raise UsageError(
+                    f"--model {item}: the model always has {key}={RETIRED_SWITCHES[key]} now"
+                )
+            continue
         if key not in d:
-            raise SystemExit(f"--model: unknown field {key!r}")
+            raise UsageError(f"--model: unknown field {key!r}")
         old = d[key]
-        if isinstance(old, bool):
-            d[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(old, list):
-            d[key] = [type(old[0])(x) for x in value.split("/")]
-        else:
-            d[key] = type(old)(value)
-    return ModelConfig.from_dict(d)
+        try:
+            if isinstance(old, bool):
+                d[key] = _parse_bool(value)
+            elif isinstance(old, list):
+                d[key] = [type(old[0])(x) for x in value.split("/")]
+            else:
+                d[key] = type(old)(value)
+        except ValueError as e:
+            raise UsageError(f"--model {item}: {e}") from None
+    try:
+        return ModelConfig.from_dict(d)
+    except ValueError as e:
+        raise UsageError(f"--model {text}: {e}") from None
+
+
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
 
 
 def main(argv: list[str] | None = None) -> int:
-    mc, tc = parse_args(argv)
+    """The command line (``iwcodec train``, ``python -m codec.train``, torchrun): the
+    project's errors become a message and exit status 2, as everywhere in iwcodec."""
+    try:
+        train(*parse_args(argv))
+    except IWCodecError as e:
+        print(f"iwcodec train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train(mc: ModelConfig, tc: TrainConfig) -> None:
+    """One training run on this process's device (torchrun: one process per GPU): resumes from
+    ``OUT/last.pt``, else starts from ``--init-from`` or from scratch."""
     d = setup_distributed()
     train_clips = load_crop_cache(tc.cache)
     val_clips = (
         load_crop_cache(tc.val_cache) if tc.val_cache and Path(tc.val_cache).exists() else None
     )
     if mc.image_size != train_clips[0].frames.shape[1]:
-        raise SystemExit(
+        raise InputError(
             f"crop cache holds {train_clips[0].frames.shape[1]} px crops, the model wants {mc.image_size}"
         )
     trainer = Trainer(mc, tc, d, train_clips, val_clips)
@@ -815,7 +867,6 @@ def main(argv: list[str] | None = None) -> int:
     trainer.run()
     if d.world > 1:
         dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

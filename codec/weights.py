@@ -2,9 +2,10 @@
 
 A weights file stores every tensor of :class:`~codec.model.ImplicitWarpingModel` plus, in the
 safetensors metadata, ``format`` (``iwcodec-weights``), ``format_version`` and ``config`` (the
-JSON of :class:`~codec.config.ModelConfig`). Its *weights id* is the first 8 bytes of the
-SHA-256 of the file: the bitstream's parameter unit carries it, so a receiver holding other
-weights refuses a stream instead of rebuilding garbage.
+JSON of :class:`~codec.config.ModelConfig`; a file written before a zero-start refinement
+loads with that refinement at its start, see :func:`load_tensors`). Its *weights id* is the
+first 8 bytes of the SHA-256 of the file: the bitstream's parameter unit carries it, so a
+receiver holding other weights refuses a stream instead of rebuilding garbage.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from codec.config import ModelConfig
-from codec.model import ImplicitWarpingModel
+from codec.config import ModelConfig, read_stored_config
+from codec.model import REFINEMENT_LAYERS, ImplicitWarpingModel
 from iwcodec.errors import ModelMismatchError
 
 FORMAT = "iwcodec-weights"
@@ -68,18 +69,13 @@ def read_metadata(path: str | Path) -> dict:
         raise ModelMismatchError(f"{path}: not a readable safetensors weights file ({e})") from None
 
 
-def load_model(
-    path: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    expected_config: ModelConfig | None = None,
-    attention_backend: str = "auto",
-) -> ImplicitWarpingModel:
-    """Build the model from a weights file (default: the shipped weights), in eval mode.
+def read_config(path: str | Path) -> tuple[ModelConfig, tuple[str, ...]]:
+    """A weights file's model config and the zero-start refinements it predates
+    (codec.config.read_stored_config), without reading its tensors.
 
     Raises ModelMismatchError when the file is missing, unreadable, of another format, or its
-    tensors do not match its config (or ``expected_config``).
-    """
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    config is not one this version's model can take."""
+    path = Path(path)
     if not path.is_file():
         raise ModelMismatchError(f"weights file not found: {path}")
     meta = read_metadata(path)
@@ -92,17 +88,28 @@ def load_model(
             f"{path}: weights format version {meta.get('format_version')!r}, this build reads {FORMAT_VERSION}"
         )
     try:
-        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+        return read_stored_config(json.loads(meta["config"]))
     except (KeyError, ValueError, TypeError) as e:
         raise ModelMismatchError(f"{path}: invalid model config in weights ({e})") from None
-    if expected_config is not None and cfg != expected_config:
-        raise ModelMismatchError(
-            f"{path}: weights were trained for another model config than the one requested"
-        )
-    model = ImplicitWarpingModel(cfg, attention_backend=attention_backend)
-    state = load_file(str(path))
+
+
+def read_weights(path: str | Path) -> tuple[ModelConfig, tuple[str, ...], dict]:
+    """:func:`read_config`, and the file's tensors by state-dict key."""
+    cfg, predates = read_config(path)
+    return cfg, predates, load_file(str(path))
+
+
+def load_tensors(
+    model: ImplicitWarpingModel, state: dict, predates: tuple[str, ...], path: str | Path
+) -> None:
+    """Copy a weights file's tensors (:func:`read_weights`) into ``model``, cast to its dtypes.
+
+    Every tensor of the model must be there, with its shape, except the layers of the
+    refinements the file predates (codec.model.REFINEMENT_LAYERS): they keep their start,
+    which renders as the file's weights did. Raises ModelMismatchError otherwise."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    grown = tuple(prefix for name in predates for prefix in REFINEMENT_LAYERS[name])
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(grown))
     unexpected = sorted(set(state) - set(own))
     bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or bad_shape:
@@ -110,7 +117,28 @@ def load_model(
             f"{path}: weights do not match their model config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]})"
         )
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
+def load_model(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    expected_config: ModelConfig | None = None,
+    attention_backend: str = "auto",
+) -> ImplicitWarpingModel:
+    """Build the model from a weights file (default: the shipped weights), in eval mode.
+
+    Raises ModelMismatchError when the file is missing, unreadable, of another format, or its
+    tensors do not match its config (or ``expected_config``).
+    """
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    cfg, predates, state = read_weights(path)
+    if expected_config is not None and cfg != expected_config:
+        raise ModelMismatchError(
+            f"{path}: weights were trained for another model config than the one requested"
+        )
+    model = ImplicitWarpingModel(cfg, attention_backend=attention_backend)
+    load_tensors(model, state, predates, path)
     model.weights_id = weights_id(path)
     model.weights_path = path
     return model.to(device).eval()

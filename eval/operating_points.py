@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bitstream import CANDIDATE_STEPS, ImageCodec
+from codec.inference import source_indices
 from eval.classic import CODECS, MODES, available_settings
 from iwcodec.errors import InputError
 from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY, native_setting
@@ -47,13 +48,13 @@ KEYFRAME_ONLY = "keyframe-only"
 
 
 def keyframe_indices(n_frames: int, keyframes: int) -> tuple[int, ...]:
-    """Evenly spaced keyframes ``i * T // n``: 1 -> (0,), 2 -> (0, T // 2) (first + middle,
-    as the trainer's validation places its two sources)."""
+    """Keyframes placed as the model's validation places its sources
+    (:func:`codec.inference.source_indices`, ``i * T // n``): 1 -> (0,), 2 -> (0, T // 2)."""
     if keyframes < 1:
         raise InputError(f"at least one keyframe is needed, got {keyframes}")
     if n_frames < keyframes:
         raise InputError(f"{keyframes} keyframes need at least as many frames, got {n_frames}")
-    return tuple(i * n_frames // keyframes for i in range(keyframes))
+    return tuple(source_indices(n_frames, keyframes))
 
 
 def _fmt_kbps(kbps: float) -> str:

@@ -23,48 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec.inference import reconstruct
+from codec.inference import reconstruct, to_uint8
 from codec.weights import load_model
 from eval.akd import face_landmarks
 from eval.metrics import Scorers, compute_metrics
-from sender.encoder import crop_input, to_tensor
+from sender.encoder import crop_input
 
 METRICS = ("psnr", "ssim", "lpips", "akd")
-
-
-def source_indices(num_frames: int, num_sources: int) -> list[int]:
-    """The first frame plus evenly spaced ones: 1 -> [0], 2 -> [0, T/2], 3 -> [0, T/3, 2T/3]."""
-    return [i * num_frames // num_sources for i in range(num_sources)]
-
-
-def frozen_frames(
-    frames: np.ndarray, sources: list[int], targets: np.ndarray | None = None
-) -> np.ndarray:
-    """The frames at ``targets`` (default: every frame) each replaced by the nearest of the
-    source frames (the frozen-keyframe baseline)."""
-    t = np.arange(len(frames)) if targets is None else np.asarray(targets)
-    nearest = np.asarray(sources)[np.abs(t[:, None] - np.asarray(sources)[None]).argmin(1)]
-    return frames[nearest]
-
-
-def reconstruct_clip(
-    model,
-    frames: np.ndarray,
-    sources: list[int],
-    device: torch.device,
-    chunk: int = 8,
-    targets: np.ndarray | None = None,
-) -> np.ndarray:
-    """(T, S, S, 3) uint8 -> the model's reconstruction of the frames at ``targets`` (default:
-    every frame) from the frames at ``sources``, (len(targets), S, S, 3) uint8."""
-    out = []
-    src = to_tensor(frames[sources], device)
-    wanted = frames if targets is None else frames[targets]
-    for start in range(0, len(wanted), 64):
-        target = to_tensor(wanted[start : start + 64], device)
-        pred, _, _ = reconstruct(model, src, target, chunk=chunk)
-        out.append((pred * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
 
 
 def _summary(metrics: dict) -> dict:
@@ -76,7 +41,8 @@ def evaluate_clip(
     model, path: Path, device: torch.device, scorers: Scorers, max_frames=None, every: int = 1
 ) -> dict:
     """Every run scored on the same frames: all of them, or every ``every``-th (frame 0, N,
-    2N, ...; the sources are still placed on the whole clip)."""
+    2N, ...; the sources are still placed on the whole clip). The frames are rebuilt by
+    :func:`codec.inference.reconstruct`, 8 at a time."""
     clip = crop_input(path, model.cfg.image_size, max_frames)
     frames = clip.frames
     scored = np.arange(0, len(frames), every)
@@ -88,14 +54,16 @@ def evaluate_clip(
         m = compute_metrics(ref, test, device, ref_landmarks=ref_landmarks, scorers=scorers)
         result["runs"][name] = _summary(m)
 
+    frozen = {}  # the frozen-keyframe baselines of the 1- and 2-source runs
     for n in (1, 2, 3):
-        sources = source_indices(len(frames), n)
         t0 = time.time()
-        pred = reconstruct_clip(model, frames, sources, device, targets=scored)
+        rec = reconstruct(model, frames, n, scored, chunk=8)
+        pred = to_uint8(rec.images)
         result.setdefault("render_fps", {})[f"{n}src"] = len(scored) / (time.time() - t0)
         score(f"model_{n}src", pred)
-    score("frozen_first", frozen_frames(frames, source_indices(len(frames), 1), scored))
-    score("frozen_first_middle", frozen_frames(frames, [0, len(frames) // 2], scored))
+        frozen[n] = frames[rec.frozen]
+    score("frozen_first", frozen[1])
+    score("frozen_first_middle", frozen[2])
     return result
 
 

@@ -201,56 +201,30 @@ def test_average_weights_refuses_other_configs(tmp_path, tiny):
     assert not (tmp_path / "soup.safetensors").exists()
 
 
-def _grown_model_learns(**refinement) -> ImplicitWarpingModel:
-    """A tiny model with a refinement switched on: forward with 1 and 3 sources, and the
-    refinement's zero-started last convolution gets a gradient."""
-    torch.manual_seed(0)
-    plain = dataclasses.replace(tiny_config(), source_warp=False, prior_warp=False)
-    model = ImplicitWarpingModel(dataclasses.replace(plain, **refinement))
+def _masks_learn(model: ImplicitWarpingModel) -> None:
+    """Forward with 1 and 3 sources; both masks' zero-started last convolutions get a
+    gradient (with the masks at zero, only through their own output: they can open)."""
     s = model.cfg.image_size
     for n_src in (1, 3):
         out = model(torch.rand(2, n_src, 3, s, s), torch.rand(2, 3, s, s))
         assert out["prediction"].shape == (2, 3, s, s)
+        assert out["warped_source"].shape == (2, 3, s, s)
     out["prediction"].mean().backward()
-    last = (model.decoder.refine or model.decoder.blend)[-1]
-    assert last.weight.grad.abs().sum() > 0
-    return model
-
-
-def test_source_patches_carry_the_full_resolution_source(monkeypatch):
-    """cfg.source_patches: each source token also carries its full-resolution pixel patch.
-    Under an identity attention the decoder's refinement stage receives the source image
-    itself, pixel for pixel; the refinement starts at zero but learns (it gets a gradient)."""
-    model = _grown_model_learns(source_patches=True)
-    s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
-
-    seen = {}
-
-    def identity_attention(q, k, v, p, key_bias=None, backend="auto"):
-        return v[:, :n_tok], k[:, :n_tok], p[:, :n_tok]  # query i takes key i
-
-    def decoder(x, warped_pixels=None):
-        seen["warped"] = warped_pixels
-        return torch.zeros(x.shape[0], 3, s, s)
-
-    monkeypatch.setattr("kernels.warp_attention", identity_attention)
-    monkeypatch.setattr(model.decoder, "forward", decoder)
-    image = torch.rand(1, 3, s, s)
-    with torch.no_grad():
-        kp, st = model.detect(image)
-        model.render(model.encode_source(image, kp, st), kp, st)
-    assert seen["warped"].shape == (1, 3, s, s)
-    torch.testing.assert_close(seen["warped"], image * 2 - 1)
+    for stage in (model.decoder.blend, model.decoder.prior_blend):
+        assert not stage[-1].weight.detach().any()  # still at their start
+        assert stage[-1].weight.grad.abs().sum() > 0
 
 
 def test_source_warp_blends_in_the_source_sampled_at_the_attention_flow(monkeypatch):
-    """cfg.source_warp: a second, sharpened attention pass averages the source tokens'
+    """The source warp: a second, sharpened attention pass averages the source tokens'
     positions into a flow, with which the full-resolution source is sampled. Under an identity
     attention that flow is the identity, so with the blend mask forced to 1 the output is the
     source itself, pixel for pixel. The mask starts at 0 but learns, and through it the flow's
-    sharpness and the keys get a gradient. (That the grown model renders as the weights it grew
-    from: tests/test_codec_train.py::test_grow_from_weights_without.)"""
-    model = _grown_model_learns(source_warp=True)
+    sharpness and the keys get a gradient. (That weights from before the mask render as they
+    did: test_weights_from_before_a_refinement_load_with_it_at_its_start.)"""
+    torch.manual_seed(0)
+    model = ImplicitWarpingModel(tiny_config())
+    _masks_learn(model)
     s, n_tok = model.cfg.image_size, model.cfg.feature_size**2
 
     # Mask 1 everywhere: the sharpness and the keys now reach the output through the flow.
@@ -274,13 +248,13 @@ def test_source_warp_blends_in_the_source_sampled_at_the_attention_flow(monkeypa
 
 
 def test_prior_warp_gives_the_keyframe_back_when_nothing_moved():
-    """cfg.prior_warp: the source nearest in pose, warped by the keypoints' own motion. With
+    """The prior warp: the source nearest in pose, warped by the keypoints' own motion. With
     the driving keypoints equal to a source's, that motion is exactly zero and the warp is the
     source itself, pixel for pixel; with the prior mask forced to 1 the output is the keyframe.
     The mask starts at 0 (renders as without it) and gets a gradient; with motion, the
     gradient reaches the driving keypoints through the warp."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_config(), source_warp=True, prior_warp=True)
+    cfg = tiny_config()
     model = ImplicitWarpingModel(cfg).eval()
     s = cfg.image_size
     a, b = torch.rand(1, 3, s, s), torch.rand(1, 3, s, s)
@@ -306,5 +280,80 @@ def test_prior_warp_gives_the_keyframe_back_when_nothing_moved():
     model.render(two, kp_d, st[:1].clone()).mean().backward()
     assert kp_d.grad.abs().sum() > 0
     assert model.decoder.prior_blend[-1].weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="needs source_warp"):
-        dataclasses.replace(tiny_config(), source_warp=False, prior_warp=True)
+
+
+def test_the_default_config_is_the_shipped_model():
+    """ModelConfig() is the config stored in the shipped weights, and the switches earlier
+    versions had are fixed at the shipped weights' values."""
+    from codec.config import RETIRED_SWITCHES
+    from codec.weights import DEFAULT_WEIGHTS, read_config
+
+    stored = json.loads(read_metadata(DEFAULT_WEIGHTS)["config"])
+    assert read_config(DEFAULT_WEIGHTS) == (ModelConfig(), ())
+    assert {k: stored[k] for k in RETIRED_SWITCHES} == RETIRED_SWITCHES
+    assert not set(RETIRED_SWITCHES) & set(ModelConfig().to_dict())
+
+
+def _weights_from_before(model, path, refinements, off: bool) -> None:
+    """``model``'s weights as a version before ``refinements`` wrote them: without those
+    layers, and their switches off (``off``) or not named at all (older still)."""
+    from safetensors.torch import save_file
+
+    from codec.model import REFINEMENT_LAYERS
+    from codec.weights import FORMAT, FORMAT_VERSION
+
+    grown = tuple(prefix for r in refinements for prefix in REFINEMENT_LAYERS[r])
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(grown)}
+    config = model.cfg.to_dict() | ({r: False for r in refinements} if off else {})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize(
+    "refinements, off",
+    [(("prior_warp",), True), (("prior_warp",), False), (("source_warp", "prior_warp"), False)],
+)
+def test_weights_from_before_a_refinement_load_with_it_at_its_start(
+    tmp_path, tiny, refinements, off
+):
+    """Weights written before a zero-start refinement (run16 grew the prior warp from such a
+    file) load with its layers at their start and render exactly as with those layers."""
+    path = tmp_path / "old.safetensors"
+    _weights_from_before(tiny, path, refinements, off)
+    old = load_model(path)
+    assert old.cfg == tiny.cfg
+    s = tiny.cfg.image_size
+    src, drv = torch.rand(1, 2, 3, s, s), torch.rand(2, 3, s, s)
+    with torch.no_grad():
+        want = tiny(src.expand(2, -1, -1, -1, -1), drv)["prediction"]
+        got = old(src.expand(2, -1, -1, -1, -1), drv)["prediction"]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # a file that lacks other tensors is refused, from before or not
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    del tensors["decoder.out.weight"]
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=read_metadata(path))
+    with pytest.raises(ModelMismatchError, match="missing"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize(
+    "switch, value", [("source_patches", True), ("residual_query", True), ("kp_offsets", True)]
+)
+def test_weights_with_a_retired_variant_are_refused(tmp_path, tiny, switch, value):
+    """A weights file of a variant the model no longer has (run4's source patches) is refused
+    with the switch named; the same switch at the value the model has loads."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in tiny.state_dict().items()}
+    for v, ok in ((value, False), (not value, True)):
+        config = json.dumps(tiny.cfg.to_dict() | {switch: v})
+        meta = {"format": "iwcodec-weights", "format_version": "1", "config": config}
+        path = tmp_path / f"{switch}-{v}.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        if ok:
+            assert load_model(path).cfg == tiny.cfg
+        else:
+            with pytest.raises(ModelMismatchError, match=switch):
+                load_model(path)

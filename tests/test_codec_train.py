@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from codec.config import GROWTH_FIELDS
+from codec.config import ZERO_START_REFINEMENTS
 from codec.data import load_crop_cache, semantic_dropout_bias
-from codec.train import Dist, Trainer, parse_args
+from codec.train import Dist, Trainer, main, parse_args
+from iwcodec.errors import InputError, ModelMismatchError, UsageError
 
 
 def _write_fake_cache(directory, clips=2, frames=12, size=64):
@@ -110,7 +112,7 @@ def test_export_and_continue(trainer, tmp_path):
     trainer.step = 5
     trainer.out.mkdir(parents=True, exist_ok=True)
     (trainer.out / "config.json").write_text(
-        __import__("json").dumps({"model": trainer.mc.to_dict(), "train": {}, "world": 1})
+        json.dumps({"model": trainer.mc.to_dict(), "train": {}, "world": 1})
     )
     trainer.save()
     export_run(trainer.out, tmp_path / "moved")
@@ -184,61 +186,80 @@ def test_start_with_a_given_discriminator(trainer, tmp_path):
         changed += not torch.equal(v, fresh[k])
     assert changed > 0
     save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(SystemExit, match="not this discriminator"):
+    with pytest.raises(ModelMismatchError, match="not this discriminator"):
         other.load_discriminator(tmp_path / "other.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(SystemExit, match="not a readable safetensors"):
+    with pytest.raises(InputError, match="not a readable safetensors"):
         other.load_discriminator(tmp_path / "junk.safetensors")
     with pytest.raises(SystemExit):
         parse_args(["--init-discriminator", str(shard)])
 
 
-@pytest.mark.parametrize("field", GROWTH_FIELDS)
+@pytest.mark.parametrize("field", ZERO_START_REFINEMENTS)
 def test_grow_from_weights_without(trainer, tmp_path, field):
-    """--init-from FILE --model source_patches=true (or source_warp, prior_warp): the file's tensors,
-    the new layers at their start, so the grown model renders exactly as the file's; the
-    reverse is refused."""
-    from codec.inference import reconstruct
-    from codec.weights import load_model, save_weights
+    """--init-from FILE --model prior_warp=true (run16's recipe, from weights written before
+    the prior warp; or source_warp): the file's tensors, the new layers at this run's start, so
+    the grown model renders exactly as the file's; switching a refinement off is refused."""
+    from safetensors.torch import save_file
 
-    # the tiny config has the shipped refinements on; start without the one that grows
-    # (prior_warp grows on top of source_warp)
-    off = dict(source_patches=False, source_warp=field == "prior_warp", prior_warp=False)
-    mc0 = dataclasses.replace(trainer.mc, **off)
-    trainer = Trainer(mc0, trainer.tc, Dist(), load_crop_cache(trainer.tc.cache), None)
+    from codec.inference import reconstruct
+    from codec.model import REFINEMENT_LAYERS
+    from codec.weights import FORMAT, FORMAT_VERSION, load_model
+
+    # the file as a version before the refinement wrote it (the prior warp needs the source
+    # warp, so both go when the source warp does)
+    before = ZERO_START_REFINEMENTS[ZERO_START_REFINEMENTS.index(field) :]
+    grown_keys = tuple(prefix for r in before for prefix in REFINEMENT_LAYERS[r])
     trainer.optimize(trainer.sample_batch(0))
+    state = trainer.model.state_dict()
+    tensors = {k: v.half().contiguous() for k, v in state.items() if not k.startswith(grown_keys)}
+    config = json.dumps(trainer.mc.to_dict() | {r: False for r in before})
     path = tmp_path / "w.safetensors"
-    save_weights(trainer.model, path, extra={"step": 3})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config}
+    save_file(tensors, str(path), metadata=meta | {"extra": json.dumps({"step": 3})})
     base = ["--init-from", str(path), "--cache", trainer.tc.cache]
     mc, tc = parse_args([*base, "--model", f"{field}=true", "--out", str(tmp_path / "r")])
-    assert getattr(mc, field) and not getattr(trainer.mc, field)
+    assert mc == trainer.mc
     grown = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    fresh = {k: v.clone() for k, v in grown.model.state_dict().items()}
     grown.load_init(path)
     assert grown.step == 3
-    s = mc.image_size
-    src, drv = torch.rand(2, 3, s, s), torch.rand(3, 3, s, s)
-    want, _, _ = reconstruct(load_model(path), src, drv)
-    got, _, _ = reconstruct(grown.model.eval(), src, drv)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    for k, v in grown.model.state_dict().items():
+        want = fresh[k] if k.startswith(grown_keys) else tensors[k].to(v.dtype)
+        assert torch.equal(v, want), k
+    clip = (torch.rand(5, mc.image_size, mc.image_size, 3) * 255).byte().numpy()
+    want = reconstruct(load_model(path), clip, 2).images
+    got = reconstruct(grown.model.eval(), clip, 2).images
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
 
-    save_weights(grown.model, tmp_path / "grown.safetensors")
-    mc2, tc2 = parse_args(
-        ["--init-from", str(tmp_path / "grown.safetensors"), "--cache", trainer.tc.cache]
-    )
-    other = Trainer(
-        dataclasses.replace(mc2, **{field: False}),
-        tc2,
-        Dist(),
-        load_crop_cache(tc2.cache),
-        None,
-    )
-    with pytest.raises(SystemExit, match="not a continuation"):
-        other.load_init(tmp_path / "grown.safetensors")
-    other = Trainer(
-        dataclasses.replace(mc2, num_kp=4), tc2, Dist(), load_crop_cache(tc2.cache), None
-    )
-    with pytest.raises(SystemExit, match="another model config"):
-        other.load_init(tmp_path / "grown.safetensors")
+    with pytest.raises(UsageError, match=f"always has {field}=True"):
+        parse_args([*base, "--model", f"{field}=false"])
+    other = Trainer(dataclasses.replace(mc, num_kp=4), tc, Dist(), load_crop_cache(tc.cache), None)
+    with pytest.raises(ModelMismatchError, match="another model config"):
+        other.load_init(path)
+
+
+def test_model_overrides_are_checked(trainer):
+    """--model: known fields take new values; an unknown field, a bad value or a config the
+    model cannot take is a usage error, which the command line reports with exit status 2."""
+    base = ["--tiny", "--cache", trainer.tc.cache, "--out", trainer.tc.out]
+    mc, _ = parse_args([*base, "--model", "attn_dim=32,decoder_channels=16/4,prior_warp=true"])
+    assert (mc.attn_dim, mc.decoder_channels) == (32, (16, 4))
+    for bad in ("no_such_field=1", "attn_dim=many", "feature_stride=2", "source_patches=true"):
+        with pytest.raises(UsageError, match="--model"):
+            parse_args([*base, "--model", bad])
+
+
+def test_main_turns_the_projects_errors_into_exit_status_2(trainer, tmp_path, capsys):
+    """Library code raises the project's errors; only the command line makes them an exit
+    status and a one-line message (no traceback)."""
+    base = ["--tiny", "--cache", trainer.tc.cache, "--out", str(tmp_path / "r")]
+    assert main([*base, "--model", "kp_offsets=true"]) == 2
+    assert "iwcodec train: error: --model kp_offsets=true" in capsys.readouterr().err
+    assert main([*base, "--model", "image_size=128"]) == 2  # the cache holds 64 px crops
+    assert "crop cache holds 64 px crops" in capsys.readouterr().err
+    assert main([*base, "--init-from", str(tmp_path / "nothing")]) == 2
+    assert "not an exported run or a weights file" in capsys.readouterr().err
 
 
 def test_learning_rate_decays_linearly_at_the_end(trainer):
@@ -359,7 +380,7 @@ def test_warp_loss_scores_the_warped_source_and_trains_the_flow(trainer):
         "--warp-weight",
         "5",
         "--model",
-        "source_warp=true",
+        "source_warp=true",  # as run6's recipe says: the model always has the source warp
     ]
     mc, tc = parse_args(args)
     assert tc.weights.warp == 5.0
@@ -375,8 +396,8 @@ def test_warp_loss_scores_the_warped_source_and_trains_the_flow(trainer):
     assert t.model.warp_log_sharpness.grad.abs() > 0
     grads = [p.grad for p in t.model.query_unet.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
-    # Without the source warp there is nothing to score: refused at the command line.
-    with pytest.raises(SystemExit):
+    # A model without the source warp is no longer there to ask for.
+    with pytest.raises(UsageError):
         parse_args([*args[:-2], "--model", "source_warp=false,prior_warp=false"])
     # Off by default: no such loss.
     no_warp, _ = trainer.generator_losses(trainer.sample_batch(0), use_gan=False)
@@ -517,7 +538,8 @@ def test_lowpass_loss_and_discriminator_warmup(trainer):
 def test_validation_reports_the_self_reconstruction_ceiling(trainer, tmp_path):
     """Validation scores frames rebuilt from themselves (the codec's ceiling) per clip, and
     the lowest clip; with the prior warp's mask open they come back exactly."""
-    from codec.inference import self_reconstruct
+    from codec.inference import self_reconstruct, to_images
+    from codec.model import ImplicitWarpingModel
 
     trainer.val_clips = load_crop_cache(trainer.tc.cache)
     trainer.lpips = _TinyLpips()
@@ -525,14 +547,13 @@ def test_validation_reports_the_self_reconstruction_ceiling(trainer, tmp_path):
     assert {"self_psnr", "self_lpips"} <= set(val["clips"]["clip0"])
     assert val["mean"]["self_psnr_min"] <= val["mean"]["self_psnr"]
 
-    mc = dataclasses.replace(trainer.mc, source_warp=True, prior_warp=True)
-    from codec.model import ImplicitWarpingModel
-
-    model = ImplicitWarpingModel(mc).eval()
+    model = ImplicitWarpingModel(trainer.mc).eval()
     with torch.no_grad():
         model.decoder.prior_blend[-1].bias.fill_(1.0)
-    frames = torch.rand(3, 3, mc.image_size, mc.image_size)
-    torch.testing.assert_close(self_reconstruct(model, frames), frames)
+    size = trainer.mc.image_size
+    clip = (torch.rand(5, size, size, 3) * 255).byte().numpy()
+    want = to_images(clip[[0, 3]], torch.device("cpu"))
+    torch.testing.assert_close(self_reconstruct(model, clip, np.array([0, 3])), want)
 
 
 class _TinyLpips(torch.nn.Module):
