@@ -17,10 +17,11 @@ complete stand-alone picture that :func:`decode_keyframe` decodes with fresh sta
 own knob by :func:`native_setting` (WebP quality as is; AV1 crf = 63 * (1 - q / 100), at
 least 1; JPEG qscale = 31 * (1 - q / 100), at least 1).
 
-Default AV1 at quality 75 (crf 16), from tools/keyframe_codec_study.py on the validation crops
-(results/keyframe_codecs.json): ~3.9 KB at 40.7 dB PSNR / SSIM 0.978 for 256x256. AV1 needs
-~55 % fewer bytes than JPEG and ~35 % fewer than WebP at equal PSNR; past ~41 dB each extra
-dB costs ~30 % more bytes, beyond what the warped reconstruction can show.
+Default AV1 at quality 75 (crf 16), from a one-off study on the validation crops
+(results/keyframe_codecs.json, made by tools/keyframe_codec_study.py at commit d97f135): ~3.9
+KB at 40.7 dB PSNR / SSIM 0.978 for 256x256. AV1 needs ~55 % fewer bytes than JPEG and ~35 %
+fewer than WebP at equal PSNR; past ~41 dB each extra dB costs ~30 % more bytes, beyond what
+the warped reconstruction can show.
 
 Decoding (:func:`decode_keyframe`) uses a fresh decoder per call, so a damaged keyframe cannot
 poison the next one. The bytes come from the network or a file, so they are checked before
