@@ -358,6 +358,12 @@ def _weights_parsers(sub) -> None:
     p.add_argument("weights", nargs="+", type=Path, help="weights files to compare")
     p.add_argument("--every", type=_whole(1), default=8, help="score every N-th frame (8)")
     p.add_argument("--clips", type=_names, default=(), help="comma-separated clip names (all)")
+    p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="also 1src with the keypoints quantized at each step (coarse, default, fine) as "
+        "the receiver decodes them: what the quantization costs",
+    )
     p.add_argument("--json", type=Path, default=None, help="write every number here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default)")
 
@@ -763,6 +769,7 @@ def _weights_compare(args: argparse.Namespace) -> int:
         args.every,
         args.clips,
         lambda line: print(line, flush=True),
+        steps=args.quantized,
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from _media import tiny_weights
 
+import eval.compare_weights as compare_weights
 from codec.weights import load_model, read_metadata
-from eval.compare_weights import METRICS, RUNS
+from eval.compare_weights import METRICS, RUNS, STEP_RUNS
 from iwcodec.cli import main
 
 
@@ -111,3 +112,22 @@ def test_average_user_errors(tmp_path, capsys):
     before = a.read_bytes()
     assert main(["weights", "average", str(a), str(a), "-o", str(a)]) == 2
     assert "is the input file" in capsys.readouterr().err and a.read_bytes() == before
+
+
+def test_quantized_runs_cost_what_the_quantization_costs(tmp_path, capsys, monkeypatch):
+    cache = _cache(tmp_path / "cache", np.random.default_rng(2))
+    a = tiny_weights(tmp_path / "a.safetensors", 1)
+    out = tmp_path / "cmp.json"
+    argv = ["weights", "compare", str(cache), str(a), "--every", "2", "--device", "cpu"]
+    assert main([*argv, "--quantized", "--json", str(out)]) == 0
+    assert "1src-coarse PSNR" in capsys.readouterr().out
+    mean = json.loads(out.read_text())["weights"][str(a)]["mean"]
+    assert list(mean) == [*RUNS, *STEP_RUNS]
+    assert mean["1src-coarse"]["psnr"] != mean["1src"]["psnr"]
+    # with keypoints that come back as they went, each quantized run is the 1src run
+    monkeypatch.setattr(compare_weights, "reconstruct", lambda kp, xy_steps, s_steps: kp)
+    assert main([*argv, "--quantized", "--json", str(out)]) == 0
+    mean = json.loads(out.read_text())["weights"][str(a)]["mean"]
+    for run in STEP_RUNS:
+        for k in METRICS:
+            assert mean[run][k] == pytest.approx(mean["1src"][k], rel=1e-3, abs=1e-4)
