@@ -831,11 +831,12 @@ def _parse_bool(text: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (``iwcodec train``, ``python -m codec.train``, torchrun): the
-    project's errors become a message and exit status 2, as everywhere in iwcodec."""
+    project's errors become one line "iwcodec: error: ..." and exit status 2, as in every
+    iwcodec command (docs/usage.md, "Errors and exit status")."""
     try:
         train(*parse_args(argv))
     except IWCodecError as e:
-        print(f"iwcodec train: error: {e}", file=sys.stderr)
+        print(f"iwcodec: error: {e}", file=sys.stderr)
         return 2
     return 0
 

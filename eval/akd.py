@@ -4,8 +4,9 @@ AKD is the usual talking-head motion-fidelity score (FOMM, Siarohin et al. 2019,
 Implicit Warping, Mallya et al. 2022, section 4 "Metrics"): run a fixed landmark detector on the
 original and on the reconstruction and average the distance between matching points. Here the
 detector is MediaPipe's 478-point face mesh (468 mesh points + 10 iris points,
-``refine_landmarks=True``) from the bundled mediapipe 0.10.21 models, run on every frame
-independently (``static_image_mode=True``) so a frame's landmarks do not depend on earlier ones.
+``refine_landmarks=True``) from the bundled mediapipe 0.10.21 models (sender.face_mesh), run
+on every frame independently (not tracking) so a frame's landmarks do not depend on earlier
+ones.
 
 Definition, per frame t where both frames have a face:
 
@@ -24,47 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from iwcodec.errors import InputError
-from iwcodec.native_logs import quiet_native_stderr, warm_up
+from sender.face_mesh import N_LANDMARKS, FaceMesh
 
-N_LANDMARKS = 478
 AKD_SIZE = 256  # distances are in pixels of a 256x256 frame
-
-
-class FaceLandmarker:
-    """MediaPipe face mesh on single RGB frames; a context manager that owns the graph.
-
-    ``landmarks(frame)``: (H, W, 3) uint8 RGB -> (478, 2) float64 normalized (x, y), or None
-    when no face is found.
-    """
-
-    def __init__(self, min_detection_confidence: float = 0.5) -> None:
-        # Imported here: mediapipe takes seconds to import and only AKD needs it.
-        import mediapipe as mp
-
-        with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=min_detection_confidence,
-            )
-            warm_up(self._mesh)
-
-    def landmarks(self, frame: np.ndarray) -> np.ndarray | None:
-        result = self._mesh.process(np.ascontiguousarray(frame))
-        if not result.multi_face_landmarks:
-            return None
-        pts = result.multi_face_landmarks[0].landmark
-        return np.array([(p.x, p.y) for p in pts], dtype=np.float64)  # (478, 2)
-
-    def close(self) -> None:
-        self._mesh.close()
-
-    def __enter__(self) -> FaceLandmarker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def face_landmarks(frames: np.ndarray) -> np.ndarray:
@@ -77,9 +40,9 @@ def face_landmarks(frames: np.ndarray) -> np.ndarray:
             f"face_landmarks needs uint8 RGB frames (T, H, W, 3), got {frames.dtype} {frames.shape}"
         )
     out = np.full((len(frames), N_LANDMARKS, 2), np.nan)
-    with FaceLandmarker() as lm:
+    with FaceMesh(tracking=False) as mesh:  # each frame on its own
         for t, frame in enumerate(frames):
-            pts = lm.landmarks(frame)
+            pts = mesh.points(frame)
             if pts is not None:
                 out[t] = pts
     return out

@@ -7,7 +7,9 @@ before absl is initialised (GLOG_minloglevel and TF_CPP_MIN_LOG_LEVEL were tried
 places that build a MediaPipe graph do it, and run it once, inside :func:`quiet_native_stderr`,
 which points descriptor 2 at /dev/null for that short window. Python's own errors and warnings
 are not affected outside the window; inside it, anything any thread writes to stderr is lost,
-so the window holds graph construction and a warm-up call only.
+so the window holds graph construction and a warm-up call only (and, in
+``sender.face_mesh.FaceMesh``, each run until the first face is found: the mesh logs a line
+the first time it finds one, which a warm-up on a blank image cannot reach).
 
 ``iwcodec --verbose`` (or ``IWCODEC_VERBOSE=1``) lets the lines through.
 """

@@ -30,11 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from iwcodec.errors import InputError
-from iwcodec.native_logs import quiet_native_stderr, warm_up
 from sender.crop import CropConfig, iter_crops, track_video
+from sender.face_mesh import N_LANDMARKS, FaceMesh
 
 CACHE_VERSION = 1
-N_LANDMARKS = 478
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv"}
 # What the landmark files hold; part of the settings a cached clip must match to be reused.
 LANDMARK_SETTINGS = {"model": "mediapipe-0.10.21 face_mesh refine_landmarks", "points": 478}
@@ -66,38 +65,6 @@ def clip_names(paths: Sequence[Path]) -> list[str]:
     """Cache names: the file stem, or the whole file name where two stems collide."""
     stems = [p.stem for p in paths]
     return [p.stem if stems.count(p.stem) == 1 else p.name for p in paths]
-
-
-class LandmarkFinder:
-    """MediaPipe face mesh (478 points with iris refinement) in tracking mode on a sequence
-    of crops; one instance per clip, since tracking state must not leak between clips."""
-
-    def __init__(self) -> None:
-        import mediapipe as mp  # here: it takes seconds to import (see sender.crop)
-
-        with quiet_native_stderr():  # MediaPipe's C++ start-up lines (iwcodec.native_logs)
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=False,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=0.5,
-                min_tracking_confidence=0.5,
-            )
-            warm_up(self._mesh)
-
-    def find(self, crop: np.ndarray) -> np.ndarray:
-        """crop (S, S, 3) uint8 -> (478, 2) float32 in [-1, 1], NaN when no face."""
-        res = self._mesh.process(np.ascontiguousarray(crop))
-        if not res.multi_face_landmarks:
-            return np.full((N_LANDMARKS, 2), np.nan, np.float32)
-        pts = res.multi_face_landmarks[0].landmark
-        xy = np.array([(p.x, p.y) for p in pts], np.float32)  # normalized [0, 1] of width/height
-        if xy.shape[0] != N_LANDMARKS:
-            return np.full((N_LANDMARKS, 2), np.nan, np.float32)
-        return xy * 2.0 - 1.0
-
-    def close(self) -> None:
-        self._mesh.close()
 
 
 def _settings(config: CropConfig) -> dict:
@@ -155,15 +122,14 @@ def cache_clip(path: Path, name: str, out_dir: Path, config: CropConfig) -> dict
     frames = np.lib.format.open_memmap(tmp_frames, mode="w+", dtype=np.uint8, shape=(t, s, s, 3))
     marks = np.full((t, N_LANDMARKS, 2), np.nan, np.float16)
     pts = np.zeros(t, np.float64)
-    finder = LandmarkFinder()
     n = 0
-    try:
+    with FaceMesh(tracking=True) as mesh:  # one per clip: no tracking state across clips
         for n, (ts, crop) in enumerate(iter_crops(path, boxes, s), start=1):
             frames[n - 1] = crop
             pts[n - 1] = ts
-            marks[n - 1] = finder.find(crop).astype(np.float16)
-    finally:
-        finder.close()
+            xy = mesh.points(crop)  # (478, 2) in [0, 1] of the crop, or None
+            if xy is not None:
+                marks[n - 1] = (xy.astype(np.float32) * 2.0 - 1.0).astype(np.float16)
     frames.flush()
     del frames
     if n != t:

@@ -255,7 +255,7 @@ def test_main_turns_the_projects_errors_into_exit_status_2(trainer, tmp_path, ca
     status and a one-line message (no traceback)."""
     base = ["--tiny", "--cache", trainer.tc.cache, "--out", str(tmp_path / "r")]
     assert main([*base, "--model", "kp_offsets=true"]) == 2
-    assert "iwcodec train: error: --model kp_offsets=true" in capsys.readouterr().err
+    assert "iwcodec: error: --model kp_offsets=true" in capsys.readouterr().err
     assert main([*base, "--model", "image_size=128"]) == 2  # the cache holds 64 px crops
     assert "crop cache holds 64 px crops" in capsys.readouterr().err
     assert main([*base, "--init-from", str(tmp_path / "nothing")]) == 2
