@@ -6,6 +6,7 @@ Data path for one driving frame, with N source images (keyframes):
     each source: [image/4, its keypoint maps] -> key U-Net -> K (B, S*S, d) + pe(T(z'))
                  full-res image -> value encoder -> V (B, S*S, d')
                  image/4 -> P (B, S*S, 3)                  (pixels for the residual branch)
+                 full-res 4x4 patches -> (B, S*S, 48)      (pixels for the source warps)
     keys/values of all sources concatenated, plus ``num_extra_kv`` learned pairs
     A = softmax(Q K^T / sqrt(d));  warped = A V + MLP([A K, A P])        (eq. 1, Fig. 3)
     decoder(warped) -> image (B, 3, H, W), then two masks blend in the full-resolution source

@@ -339,7 +339,13 @@ def test_weights_from_before_a_refinement_load_with_it_at_its_start(
 
 
 @pytest.mark.parametrize(
-    "switch, value", [("source_patches", True), ("residual_query", True), ("kp_offsets", True)]
+    "switch, value",
+    [
+        ("source_patches", True),
+        ("residual_query", True),
+        ("kp_offsets", True),
+        ("motion_prior", False),
+    ],
 )
 def test_weights_with_a_retired_variant_are_refused(tmp_path, tiny, switch, value):
     """A weights file of a variant the model no longer has (run4's source patches) is refused
