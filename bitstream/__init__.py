@@ -22,6 +22,7 @@ from bitstream.pacing import KeyframePacer
 from bitstream.quant import CANDIDATE_STEPS, dequantize, quantize, reconstruct
 from bitstream.stream import StreamWriter, UnitRecord, read_units, scan_stream
 from bitstream.units import (
+    KEYFRAME_SLOTS,
     EndUnit,
     Fill,
     ImageCodec,
@@ -32,6 +33,7 @@ from bitstream.units import (
     Predictor,
     Unit,
     UnitType,
+    keyframe_slot,
     parse_packet,
     parse_unit,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "CANDIDATE_STEPS",
     "DEFAULT_FRAMES_PER_UNIT",
     "DEFAULT_RESYNC_PERIOD",
+    "KEYFRAME_SLOTS",
     "TIMESCALE",
     "BitstreamWarning",
     "CodingStatistics",
@@ -67,6 +70,7 @@ __all__ = [
     "dequantize",
     "encode_track",
     "fit_prior",
+    "keyframe_slot",
     "load_prior",
     "parse_packet",
     "parse_unit",

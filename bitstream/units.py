@@ -42,12 +42,21 @@ MAX_FRAME_INDEX = 2**32 - 1
 MAX_ID = 2**32 - 1
 MAX_UNIT_FRAMES = 1024
 MAX_REFS = 16
+#: The receiver's keyframe set (docs/bitstream.md 3.2): keyframe ``k`` lives in slot
+#: ``k mod KEYFRAME_SLOTS`` and replaces the keyframe held there, so the sender chooses which
+#: keyframe a new one replaces by choosing its id, and both sides agree without more syntax.
+KEYFRAME_SLOTS = 16
 MAX_ABS_PTS = 2**47
 MAX_KEYFRAME_BYTES = 16 * 2**20
 MAX_KEYPOINT_BODY = 8 * 2**20
 ID_BYTES = 8
 
 _CRC_BYTES = 4
+
+
+def keyframe_slot(keyframe_id: int) -> int:
+    """The slot of the receiver's keyframe set that keyframe ``keyframe_id`` occupies."""
+    return keyframe_id % KEYFRAME_SLOTS
 
 
 class UnitType(IntEnum):

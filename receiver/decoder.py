@@ -5,12 +5,12 @@ offline decoder and a live call share it. Per stream it:
 
 1. refuses a stream made for other weights, another resolution or another K
    (:class:`ModelMismatchError`, naming both sides);
-2. decodes each keyframe image and computes its keypoints and source keys / values / pixels
-   once (``model.encode_source``, paper section 3, "Learning queries, keys, and values"),
-   caching them by keyframe id;
+2. keeps the stream's keyframe set (``receiver.sources.SourceSet``, the receive core it
+   shares with a call's receiver): each keyframe decoded once, its keypoints and source keys /
+   values / pixels cached in the slot its id names;
 3. decodes the keypoint units (``bitstream.KeypointDecoder``) and renders every frame from the
-   cached features of the keyframes it refers to (``model.render``, eq. 1), in batches, under
-   ``torch.inference_mode`` on the model's device;
+   keyframes its unit refers to (``SourceSet.render``: ``model.render``, eq. 1), in batches,
+   under ``torch.inference_mode`` on the model's device;
 4. shows every lost frame (damaged or missing units, a missing keyframe) as the last frame
    shown before it ("held"), counted and reported with a :class:`BitstreamWarning`, so the
    output keeps the stream's frame count and timing;
@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -60,13 +59,11 @@ from bitstream import (
 )
 from bitstream.budget import DEFAULT_MAX_GAP_SECONDS, FrameBudget
 from bitstream.stream import Source
-from codec.model import ImplicitWarpingModel, SourceFeatures
+from codec.model import ImplicitWarpingModel
 from iwcodec.errors import BitstreamError, InputError, IWCodecError, ModelMismatchError
-from receiver.audit import StreamAudit, check_keyframe, nothing_to_show, warn_bad_keyframe
+from receiver.audit import StreamAudit, nothing_to_show, warn_bad_keyframe
+from receiver.sources import SourceSet, device_of
 from receiver.writer import VideoWriter, output_format
-
-#: Keyframes whose features stay cached; a unit can refer to at most 16 (bitstream MAX_REFS).
-MAX_CACHED_KEYFRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -164,32 +161,6 @@ def find_entropy_model(entropy_id: bytes) -> EntropyModel:
     return models[entropy_id][1]
 
 
-def check_stream(model: ImplicitWarpingModel, params: ParamsUnit) -> None:
-    """Refuse a stream this model cannot rebuild (other weights, resolution or K)."""
-    mine = (
-        model.weights_id.hex() if model.weights_id is not None else "none (not loaded from a file)"
-    )
-    if params.weights_id != model.weights_id:
-        raise ModelMismatchError(
-            f"the stream was made with model weights {params.weights_id.hex()}, the loaded "
-            f"weights are {mine}: decode it with the weights it was encoded with (--weights)"
-        )
-    size = model.cfg.image_size
-    if (params.width, params.height) != (size, size):
-        raise ModelMismatchError(
-            f"the stream is {params.width}x{params.height}, the model rebuilds {size}x{size}"
-        )
-    if params.num_keypoints != model.cfg.num_kp:
-        raise ModelMismatchError(
-            f"the stream has {params.num_keypoints} keypoints per frame, the model "
-            f"{model.cfg.num_kp}"
-        )
-
-
-def device_of(model: ImplicitWarpingModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 #: Frames per render call by device type. On a CPU a batch buys no speed (the 256 px model
 #: decodes 1.5-1.6 frames/s at batches of 1-4 on 2 cores, 0.9 at 16) but costs ~0.17 GB of
 #: peak memory per frame (0.8 GB at 2, 3.3 GB at 16): docs/usage.md "Memory".
@@ -210,21 +181,6 @@ def check_batch_size(batch_size: int | None, device: torch.device) -> int:
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise IWCodecError(f"batch size must be 1..{MAX_BATCH_SIZE} frames, got {batch_size}")
     return batch_size
-
-
-def check_finite(values: torch.Tensor, what: str) -> None:
-    """Refuse NaN or infinite model outputs: they would become black frames silently."""
-    if not bool(torch.isfinite(values).all()):
-        raise ModelMismatchError(
-            f"the model's {what} contains NaN or infinite values: the weights are broken "
-            "(e.g. a diverged training run); decode with other weights (--weights)"
-        )
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded like eval.metrics does."""
-    x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class Decoder:
@@ -252,19 +208,14 @@ class Decoder:
         batch_size: int | None = None,
         budget: FrameBudget | None = None,
     ) -> None:
-        check_stream(model, params)
-        self.model = model
+        self.sources = SourceSet(model, params)  # refuses a stream the model cannot rebuild
         self.params = params
-        self.device = device_of(model)
-        self.batch_size = check_batch_size(batch_size, self.device)
+        self.batch_size = check_batch_size(batch_size, device_of(model))
         self.budget = budget
         self.stats = DecodeStats(params.width, params.height, params.fps)
         self._keypoints = KeypointDecoder(
             params, find_entropy_model(params.entropy_id), first_index=first_index
         )
-        self._sources: OrderedDict[int, SourceFeatures] = OrderedDict()  # (1, L, .) each
-        self._pictures: dict[int, np.ndarray] = {}  # decoded keyframe images, by id
-        self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
         self._last: np.ndarray | None = None  # last picture shown
         self._black: np.ndarray | None = None  # (H, W, 3) zeros, made once
         self._waiting: list[range] = []  # frames lost before any picture existed
@@ -322,27 +273,14 @@ class Decoder:
             )
         return frames
 
-    @torch.inference_mode()
     def add_keyframe(self, unit: KeyframeUnit) -> None:
-        """Decode a keyframe image and cache its source features (once per keyframe)."""
+        """Decode a keyframe into the keyframe set (``receiver.sources.SourceSet``); an
+        unusable one is counted and warned about, and frames that refer to it are held."""
         try:
-            rgb = check_keyframe(unit, self.params)
+            self.sources.add(unit)
         except BitstreamError as exc:
             self._bad_keyframe(unit, str(exc))
             return
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        image = image.permute(2, 0, 1)[None].float().div_(255)  # (1, 3, H, W)
-        kp, strength = self.model.detect(image)  # (1, K, 2), (1, K)
-        check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
-        feats = self.model.encode_source(image, kp, strength)  # (1, L, .)
-        self._sources[unit.keyframe_id] = feats
-        self._sources.move_to_end(unit.keyframe_id)
-        rgb.setflags(write=False)
-        self._pictures[unit.keyframe_id] = rgb
-        while len(self._sources) > MAX_CACHED_KEYFRAMES:
-            old, _ = self._sources.popitem(last=False)
-            self._pictures.pop(old, None)
-        self._combined = None
         self.stats.keyframes += 1
 
     def _bad_keyframe(self, unit: KeyframeUnit, why: str) -> None:
@@ -369,24 +307,17 @@ class Decoder:
         out = self._release_waiting()
         picture = self._last if unit.fill == Fill.HOLD else None
         if picture is None:
-            picture = self.blank()
+            picture = self.sources.blank()
         self._last = picture
         self.stats.no_face += len(indices)
         self.stats.frames += len(indices)
         pts = unit.frame_pts(self.params)
         return out + [DecodedFrame(i, p, picture, no_face=True) for i, p in zip(indices, pts)]
 
-    def blank(self) -> np.ndarray:
-        """The black picture of ``Fill.BLANK``, (H, W, 3) uint8, read-only, made once."""
-        if self._black is None:
-            self._black = np.zeros((self.params.height, self.params.width, 3), np.uint8)
-            self._black.setflags(write=False)
-        return self._black
-
     def _hold(self, lost: range, refs: tuple[int, ...] | None) -> list[DecodedFrame]:
         picture = self._last
         if picture is None:
-            picture = self._any_picture(refs)
+            picture = self.sources.picture(refs)
         if picture is None:
             self._waiting.append(lost)  # a range: memory does not grow with its length
             return []
@@ -394,18 +325,12 @@ class Decoder:
         self.stats.frames += len(lost)
         return [DecodedFrame(i, self.params.nominal_pts(i), picture, held=True) for i in lost]
 
-    def _any_picture(self, refs: tuple[int, ...] | None) -> np.ndarray | None:
-        for ref in refs or ():
-            if ref in self._pictures:
-                return self._pictures[ref]
-        return next(iter(self._pictures.values()), None)
-
     def _release_waiting(self) -> list[DecodedFrame]:
         """Frames lost before any picture existed, now that a keyframe gives one."""
-        if not self._waiting or not self._pictures:
+        picture = self.sources.picture()
+        if not self._waiting or picture is None:
             return []
         waiting, self._waiting = self._waiting, []
-        picture = self._any_picture(None)
         out = []
         for lost in waiting:
             self.stats.held += len(lost)
@@ -415,19 +340,20 @@ class Decoder:
 
     def _render_frames(self, frames: list[KeypointFrame]) -> list[DecodedFrame]:
         out = self._release_waiting()
-        src = self._features(frames[0].refs)  # a unit's frames share their refs
-        if src is None:
-            missing = [r for r in frames[0].refs if r not in self._sources]
+        refs = frames[0].refs  # a unit's frames share their refs
+        missing = self.sources.missing(refs)
+        if missing:
             warnings.warn(
                 f"{len(frames)} frames ({frames[0].index}..{frames[-1].index}) refer to "
-                f"keyframe {missing} that never arrived intact; held",
+                f"keyframe {missing}, which this receiver does not hold (it never arrived "
+                "intact, or a later keyframe replaced it); held",
                 BitstreamWarning,
                 stacklevel=4,
             )
-            return out + self._hold(range(frames[0].index, frames[-1].index + 1), frames[0].refs)
+            return out + self._hold(range(frames[0].index, frames[-1].index + 1), refs)
         for start in range(0, len(frames), self.batch_size):
             part = frames[start : start + self.batch_size]
-            images = self.render(src, np.stack([f.keypoints for f in part]))
+            images = self.sources.render(refs, np.stack([f.keypoints for f in part]))
             for f, rgb in zip(part, images):
                 rgb.setflags(write=False)
                 out.append(DecodedFrame(f.index, f.pts, rgb))
@@ -435,29 +361,6 @@ class Decoder:
         self.stats.rendered += len(frames)
         self.stats.frames += len(frames)
         return out
-
-    def _features(self, refs: tuple[int, ...]) -> SourceFeatures | None:
-        """Features of the keyframes ``refs`` as one key set; None if one of them is missing."""
-        if self._combined is not None and self._combined[0] == refs:
-            return self._combined[1]
-        if any(r not in self._sources for r in refs):
-            return None
-        src = SourceFeatures.concat([self._sources[r] for r in refs])
-        self._combined = (refs, src)
-        return src
-
-    def features(self, refs: tuple[int, ...]) -> SourceFeatures | None:
-        """Cached source features of keyframes ``refs`` (None while one is missing), for a live
-        receiver that decodes keypoints itself and renders only the frames it can show."""
-        return self._features(refs)
-
-    @torch.inference_mode()
-    def render(self, src: SourceFeatures, keypoints: np.ndarray) -> np.ndarray:
-        """Frames from source features (batch 1) and keypoints (B, K, 3) -> (B, H, W, 3) uint8."""
-        kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
-        images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
-        check_finite(images, "rendered frames")
-        return to_uint8(images)
 
 
 def read_header(records: Iterator[UnitRecord], source: Source) -> UnitRecord:

@@ -5,12 +5,12 @@ event loop, which only enqueues them) and, on its own thread:
 
 1. parses each message into units (``bitstream.parse_packet``; a damaged message is dropped
    whole and counted);
-2. checks the parameter unit against the loaded model (``receiver.decoder.Decoder``: other
-   weights, size or K end the call with a :class:`CallError`), decodes keyframes and caches
-   their source features;
+2. checks the parameter unit against the loaded model (other weights, size or K end the call
+   with a :class:`CallError`) and keeps the keyframe set (``receiver.sources.SourceSet``, the
+   receive core the file decoder uses too);
 3. decodes every keypoint unit (``bitstream.KeypointDecoder``, joining at whatever index comes
    first) and keeps track of lost frames and of whether the chain needs a resync;
-4. renders the decoded frames one at a time (``Decoder.render``: the same call, on the same
+4. renders the decoded frames one at a time (``SourceSet.render``: the same call, on the same
    features, as the file decoder with ``batch_size=1``, so frames equal an offline decode of
    the same units). When rendering is slower than the stream (the full model on a CPU), older
    frames are skipped and the newest ones shown: a lower frame rate, never a growing delay.
@@ -49,7 +49,8 @@ from bitstream import (
 )
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import BitstreamError, CallError, IWCodecError, ModelMismatchError
-from receiver.decoder import Decoder, find_entropy_model
+from receiver.decoder import find_entropy_model
+from receiver.sources import SourceSet
 from receiver.writer import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class LiveReceiver:
         self.timeline = timeline
         self.stats = ReceiverStats()
         self.params: ParamsUnit | None = None
-        self.decoder: Decoder | None = None
+        self.sources: SourceSet | None = None
         self._keypoints: KeypointDecoder | None = None
         self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue(MAX_INBOX)
         self._halt = threading.Event()
@@ -254,7 +255,7 @@ class LiveReceiver:
                 self.stats.damaged_messages += 1
             return
         try:
-            self.decoder = Decoder(self.model, unit, first_index=None, batch_size=1)
+            self.sources = SourceSet(self.model, unit)
             table = find_entropy_model(unit.entropy_id)
         except ModelMismatchError as exc:
             raise CallError(f"the other peer's stream does not fit this model: {exc}") from None
@@ -262,15 +263,18 @@ class LiveReceiver:
         self.params = unit
 
     def _keyframe(self, unit: KeyframeUnit) -> None:
-        if self.decoder is None:
+        if self.sources is None:
             self.stats.damaged_messages += 1
             return
         if not self._keyframe_pacer.take(time.monotonic()):
             self.stats.dropped_keyframes += 1
             return
-        before = self.decoder.stats.bad_keyframes
-        self.decoder.add_keyframe(unit)
-        if self.decoder.stats.bad_keyframes > before:
+        try:
+            self.sources.add(unit)
+        except BitstreamError as exc:
+            log.warning(
+                "keyframe %d cannot be used (%s); asking for another", unit.keyframe_id, exc
+            )
             self.stats.bad_keyframes += 1
             self.missing_keyframe = unit.keyframe_id
             return
@@ -342,15 +346,16 @@ class LiveReceiver:
         while len(self._pending) > self._backlog:
             self._pending.popleft()
             self.stats.frames_skipped += 1
-        if not self._pending or self.decoder is None:
+        if not self._pending or self.sources is None:
             return
         index, pts, kp, refs, arrival = self._pending.popleft()
         if kp is None:  # no face: the sender's fill, nothing to render
             rgb = self._shown if self._no_face_fill == Fill.HOLD else None
-            self._hand_out(index, pts, rgb if rgb is not None else self.decoder.blank(), arrival)
+            self._hand_out(index, pts, rgb if rgb is not None else self.sources.blank(), arrival)
             return
-        src = self.decoder.features(refs)
-        if src is None:
+        start = time.perf_counter()
+        images = self.sources.render(refs, kp[None])  # (1, H, W, 3) uint8; None: refs missing
+        if images is None:
             self.stats.frames_without_keyframe += 1
             now = time.time()
             for ref in refs:
@@ -358,8 +363,7 @@ class LiveReceiver:
                 if now - first >= KEYFRAME_GRACE:
                     self.missing_keyframe = ref
             return
-        start = time.perf_counter()
-        rgb = self.decoder.render(src, kp[None])[0]  # (H, W, 3) uint8
+        rgb = images[0]
         took = time.perf_counter() - start
         self.stats.render_seconds += 0.1 * (took - self.stats.render_seconds)
         rgb.setflags(write=False)

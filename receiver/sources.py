@@ -1,0 +1,182 @@
+"""The receive core: the keyframe set and rendering from it, shared by the file decoder
+(``receiver.decoder.Decoder``) and the receiving half of a call (``receiver.live``).
+
+:class:`SourceSet` takes keyframe units and keeps, per keyframe, its decoded picture and its
+source features: keypoints detected on the decoded picture, keys, values and pixels
+(``model.encode_source``, paper section 3, "Learning queries, keys, and values"), computed once
+per keyframe. A frame is rendered from the keyframes its keypoint unit names (``refs``): the
+attention runs over the keys of all of them at once (paper section 3, "pick and choose" over
+several sources; eq. 1), so the receiver's set is what the sender's choice of refs picks from.
+
+**The set is bounded, and both sides know what it holds** (docs/bitstream.md 3.2): keyframe
+``k`` occupies slot ``bitstream.keyframe_slot(k)`` (``k mod 16``) and replaces whatever was
+there. The sender chooses which keyframe a new one replaces by choosing its id (``sender.
+keyframes.KeyframeSet``), so the rule needs no extra syntax and holds under loss: a lost
+keyframe leaves its slot's old keyframe in place, whose id differs, so a unit that refers to
+the new one finds it missing and is held (never rendered from the wrong picture). Memory:
+at most 16 keyframes' features and pictures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot
+from codec.model import ImplicitWarpingModel, SourceFeatures
+from iwcodec.errors import ModelMismatchError
+from receiver.audit import check_keyframe
+
+
+def check_stream(model: ImplicitWarpingModel, params: ParamsUnit) -> None:
+    """Refuse a stream this model cannot rebuild (other weights, resolution or K)."""
+    mine = (
+        model.weights_id.hex() if model.weights_id is not None else "none (not loaded from a file)"
+    )
+    if params.weights_id != model.weights_id:
+        raise ModelMismatchError(
+            f"the stream was made with model weights {params.weights_id.hex()}, the loaded "
+            f"weights are {mine}: decode it with the weights it was encoded with (--weights)"
+        )
+    size = model.cfg.image_size
+    if (params.width, params.height) != (size, size):
+        raise ModelMismatchError(
+            f"the stream is {params.width}x{params.height}, the model rebuilds {size}x{size}"
+        )
+    if params.num_keypoints != model.cfg.num_kp:
+        raise ModelMismatchError(
+            f"the stream has {params.num_keypoints} keypoints per frame, the model "
+            f"{model.cfg.num_kp}"
+        )
+
+
+def device_of(model: ImplicitWarpingModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite model outputs: they would become black frames silently."""
+    if not bool(torch.isfinite(values).all()):
+        raise ModelMismatchError(
+            f"the model's {what} contains NaN or infinite values: the weights are broken "
+            "(e.g. a diverged training run); decode with other weights (--weights)"
+        )
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded like eval.metrics does."""
+    x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """One keyframe of the set: its id, decoded picture (H, W, 3) uint8 (read-only) and source
+    features (batch 1)."""
+
+    keyframe_id: int
+    picture: np.ndarray
+    features: SourceFeatures
+
+
+class SourceSet:
+    """The receiver's keyframes (at most :data:`bitstream.KEYFRAME_SLOTS`), and rendering from
+    them (see the module docstring).
+
+    Args:
+        model: the implicit-warping model (eval mode, on the device to render on); refuses a
+            stream it cannot rebuild (:class:`ModelMismatchError`).
+        params: the stream's parameter unit.
+    """
+
+    def __init__(self, model: ImplicitWarpingModel, params: ParamsUnit) -> None:
+        check_stream(model, params)
+        self.model = model
+        self.params = params
+        self.device = device_of(model)
+        self._slots: dict[int, Keyframe] = {}  # slot -> keyframe
+        self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
+        self._black: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, keyframe_id: int) -> bool:
+        held = self._slots.get(keyframe_slot(keyframe_id))
+        return held is not None and held.keyframe_id == keyframe_id
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The ids held, in slot order."""
+        return tuple(self._slots[s].keyframe_id for s in sorted(self._slots))
+
+    @torch.inference_mode()
+    def add(self, unit: KeyframeUnit) -> Keyframe:
+        """Decode a keyframe and cache its source features in its slot, replacing the keyframe
+        there. A keyframe that cannot be used (damaged image, wrong size) raises
+        BitstreamError saying why, and leaves the set as it was."""
+        rgb = check_keyframe(unit, self.params)  # BitstreamError: unusable
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        image = image.permute(2, 0, 1)[None].float().div_(255)  # (1, 3, H, W)
+        kp, strength = self.model.detect(image)  # (1, K, 2), (1, K)
+        check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
+        feats = self.model.encode_source(image, kp, strength)  # (1, L, .)
+        rgb.setflags(write=False)
+        keyframe = Keyframe(unit.keyframe_id, rgb, feats)
+        self._slots[keyframe_slot(unit.keyframe_id)] = keyframe
+        self._combined = None
+        return keyframe
+
+    def missing(self, refs: tuple[int, ...]) -> list[int]:
+        """The keyframes of ``refs`` the set does not hold (never arrived, damaged, replaced)."""
+        return [r for r in refs if r not in self]
+
+    def features(self, refs: tuple[int, ...]) -> SourceFeatures | None:
+        """Features of the keyframes ``refs`` as one key set (batch 1, the sources' tokens
+        concatenated); None while one of them is missing."""
+        if self._combined is not None and self._combined[0] == refs:
+            return self._combined[1]
+        if not refs or self.missing(refs):
+            return None
+        src = SourceFeatures.concat([self._slots[keyframe_slot(r)].features for r in refs])
+        self._combined = (refs, src)
+        return src
+
+    def picture(self, refs: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """A decoded keyframe to show before any frame was rendered: the first of ``refs`` the
+        set holds, else any; None while the set is empty."""
+        for ref in refs or ():
+            if ref in self:
+                return self._slots[keyframe_slot(ref)].picture
+        return next(iter(self._slots.values())).picture if self._slots else None
+
+    def blank(self) -> np.ndarray:
+        """The black picture of ``Fill.BLANK``, (H, W, 3) uint8, read-only, made once."""
+        if self._black is None:
+            self._black = np.zeros((self.params.height, self.params.width, 3), np.uint8)
+            self._black.setflags(write=False)
+        return self._black
+
+    @torch.inference_mode()
+    def render(self, refs: tuple[int, ...], keypoints: np.ndarray) -> np.ndarray | None:
+        """Frames from the keyframes ``refs`` and keypoints (B, K, 3) rows (x, y, strength) ->
+        (B, H, W, 3) uint8; None while one of ``refs`` is missing."""
+        src = self.features(refs)
+        if src is None:
+            return None
+        kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
+        images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
+        check_finite(images, "rendered frames")
+        return to_uint8(images)
+
+
+__all__ = [
+    "Keyframe",
+    "SourceSet",
+    "check_finite",
+    "check_stream",
+    "device_of",
+    "to_uint8",
+]
