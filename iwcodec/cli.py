@@ -675,7 +675,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def cmd_signal(args: argparse.Namespace) -> int:
     import asyncio
 
-    from receiver.signaling import new_token, serve_signaling, tls_context
+    from iwcodec.call.signaling import new_token, serve_signaling, tls_context
 
     token = _token(args)
     if not token:
@@ -691,8 +691,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     import asyncio
 
     from bitstream import BitstreamWarning
-    from receiver.call import CallOptions, configure_threads, run_call, stderr_status
-    from receiver.rtc import SackPolicy
+    from iwcodec.call.rtc import SackPolicy
+    from iwcodec.call.session import CallOptions, configure_threads, run_call, stderr_status
     from sender.call import CallSender, SendOptions
     from sender.live import DEFAULT_AUDIO_BITRATE, CameraSource, FileSource, audio_input
 

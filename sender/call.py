@@ -22,7 +22,7 @@ packets and a loss costs only its own frames instead of a round trip's worth.
 
 The peer connection is not this module's business: :meth:`CallSender.run` writes through a
 *link* with ``send_reliable(bytes)``, ``send_keypoints(bytes)`` and ``show_local(rgb, index)``
-(``receiver.call`` provides it), called on the event loop's thread.
+(``iwcodec.call.media.SenderLink`` is the call's), called on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class CallSender:
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------------ peer facing
-    def hello(self) -> dict:
+    def hello(self) -> dict[str, object]:
         """What this peer tells the other one at connect time (checked there)."""
         return {
             "weights_id": self.params.weights_id.hex(),

@@ -3,56 +3,49 @@
 A tiny random model (64 px) stands in for the trained one: these tests check that what the far
 side shows is exactly what an offline decode of the sent units gives, that the statistics are
 recorded, and that a call survives a hostile peer; never picture quality. The harness
-(``tools/call_measure.py``) is the one the measurements in docs/calls.md use.
+(``iwcodec.call.loopback``) is the one the measurements in docs/calls.md use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-import torch
+from _call import needs_host_address, one_torch_thread
 
 from bitstream import KeyframeUnit, ParamsUnit, parse_packet
+from iwcodec.call import control
+from iwcodec.call.halves import CallHooks
+from iwcodec.call.loopback import SAMPLE, TOKEN, Peer, run_pair, tiny_model
+from iwcodec.call.measure import latency_stats
+from iwcodec.call.media import SenderLink
+from iwcodec.call.session import CallOptions, run_call
+from iwcodec.call.signaling import SignalingClient, SignalingServer
 from iwcodec.errors import CallError
-from receiver import control
-from receiver.call import CallHooks, CallOptions, run_call
 from receiver.decoder import Decoder
-from receiver.rtc import can_gather_host_candidates
-from receiver.signaling import SignalingClient, SignalingServer
 from sender.call import CallSender, SendOptions
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-call_measure = importlib.import_module("tools.call_measure")
-Peer, run_pair = call_measure.Peer, call_measure.run_pair
+from sender.live import FileSource
 
 CALL_SECONDS = 6.0
 
 
-pytestmark = pytest.mark.skipif(
-    not can_gather_host_candidates(),
-    reason="no network address besides loopback: aioice gathers no candidate for 127.0.0.1",
-)
+pytestmark = needs_host_address
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return call_measure.tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors", seed=0)
+    return tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors", seed=0)
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    # both peers run the model on two threads each, as receiver.call.configure_threads sets up
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def torch_threads():
+    # both peers run the model on two threads each, as a call sets up
+    with one_torch_thread():
+        yield
 
 
 def read_mkv(path: Path) -> list[np.ndarray]:
@@ -132,24 +125,24 @@ def test_loopback_call_shows_exactly_the_offline_decode_of_the_sent_units(model,
         assert set(report.timeline) == {"capture", "arrival", "ready", "shown"}
     pcm = np.concatenate(audio[20:]).astype(np.float64)  # after the jitter buffer filled
     assert np.sqrt(np.mean(pcm**2)) > 1000, "the tone did not come through"
-    latency = call_measure.latency_stats(ra, rb, skip_s=1.0)
+    latency = latency_stats(ra, rb, skip_s=1.0)
     assert latency["frames"] > 20 and latency["median_ms"] > 0
 
 
 @pytest.mark.slow
 def test_different_weights_are_refused_on_both_sides(model, tmp_path):
-    other = call_measure.tiny_model(tmp_path / "other.safetensors", seed=1)
+    other = tiny_model(tmp_path / "other.safetensors", seed=1)
     assert other.weights_id != model.weights_id
 
     async def scenario():
-        server = SignalingServer("loopback-call-token")  # call_measure.run_pair's token
+        server = SignalingServer(TOKEN)  # run_pair's token
         await server.start()
         try:
             results = await run_pair(Peer(model), Peer(other), 5.0, server=server)
             # the server keeps serving: a next pair meets in the same room
             async with SignalingClient(server.url) as c1, SignalingClient(server.url) as c2:
-                await c1.join("room", "loopback-call-token", {"x": 1})
-                joined = await c2.join("room", "loopback-call-token", {"x": 2})
+                await c1.join("room", TOKEN, {"x": 1})
+                joined = await c2.join("room", TOKEN, {"x": 2})
                 assert joined.peer == {"x": 1}
             return results
         finally:
@@ -192,7 +185,7 @@ class HostileSender(CallSender):
 
 
 class _HostileLink:
-    def __init__(self, link, owner: HostileSender) -> None:
+    def __init__(self, link: SenderLink, owner: HostileSender) -> None:
         self.link, self.owner, self.n = link, owner, 0
         self.rng = np.random.default_rng(0)
         params = owner.params
@@ -219,10 +212,11 @@ class _HostileLink:
         self.n += 1
         if self.n % 3 == 0 and self.n // 3 <= len(self.garbage_media):
             channel, junk = self.garbage_media[self.n // 3 - 1]
-            self.link._send(channel, junk)
+            channels = self.link.channels
+            channels.send(channel, junk)
             self.owner.injected["media"] += 1
-            self.link._send("ctl", self.garbage_control[self.n // 3 % len(self.garbage_control)])
-            self.link.call.channels["ctl"].send("text instead of bytes")
+            channels.send("ctl", self.garbage_control[self.n // 3 % len(self.garbage_control)])
+            channels.send_text("ctl", "text instead of bytes")
             self.owner.injected["control"] += 2
             self.owner.last_injection = time.time()
 
@@ -233,9 +227,7 @@ class _HostileLink:
 @pytest.mark.slow
 def test_a_hostile_peer_does_not_break_the_call(model):
     shown_at: list[float] = []
-    hostile = HostileSender(
-        model, call_measure.FileSource(call_measure.SAMPLE), None, SendOptions()
-    )
+    hostile = HostileSender(model, FileSource(SAMPLE), None, SendOptions())
     victim = Peer(model, audio="off", hooks=CallHooks(on_shown=lambda f, t: shown_at.append(t)))
     honest_sender = victim.sender()
     rh, rv = asyncio.run(

@@ -1,5 +1,5 @@
 """A call across an impaired link: two network namespaces joined by a link that loses 20 % of
-the packets, delays them 100 ms and carries 64 kbit/s each way (tools/call_netlab.py: veth +
+the packets, delays them 100 ms and carries 64 kbit/s each way (iwcodec.call.netlab: veth +
 tc netem where the kernel has netem, else the same impairments applied to TUN devices).
 
 The two peers and the signaling server run as ``iwcodec`` processes, one peer per namespace;
@@ -12,19 +12,15 @@ counts of the peers match what the link itself carried.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-call_netlab = importlib.import_module("tools.call_netlab")
-call_measure = importlib.import_module("tools.call_measure")
+from iwcodec.call import netlab
+from iwcodec.call.loopback import tiny_model
 
-WHY = call_netlab.unavailable()
+WHY = netlab.unavailable()
 pytestmark = pytest.mark.skipif(
     WHY is not None, reason=f"network namespaces cannot be made here: {WHY}"
 )
@@ -34,10 +30,10 @@ SECONDS = 15.0
 @pytest.mark.slow
 def test_call_survives_loss_delay_and_a_slow_link(tmp_path):
     weights = tmp_path / "tiny20.safetensors"
-    call_measure.tiny_model(weights, num_kp=20)
-    with call_netlab.NetLab(loss=0.2, delay=0.1, rate=64_000) as lab:
-        result = call_netlab.impaired_call(lab, weights, SECONDS, tmp_path)
-        summary = call_netlab.summarize(result, lab)
+    tiny_model(weights, num_kp=20)
+    with netlab.NetLab(loss=0.2, delay=0.1, rate=64_000) as lab:
+        result = netlab.impaired_call(lab, weights, SECONDS, tmp_path)
+        summary = netlab.summarize(result, lab)
     (tmp_path / "summary.json").write_text(json.dumps(summary, indent=1))
     assert all(e in ("duration reached", "the other peer hung up") for e in summary["ended"])
     for side, report in zip("ab", result["reports"]):

@@ -5,15 +5,13 @@ channel that drops messages, as aiortc's own tests do for media)."""
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _call import one_torch_thread
 
 from bitstream import (
     TIMESCALE,
@@ -25,19 +23,17 @@ from bitstream import (
     pacing,
 )
 from bitstream.synthetic import synthetic_track
+from iwcodec.call import control
+from iwcodec.call.loopback import tiny_model
+from iwcodec.call.negotiation import PROTOCOL, check_peer
+from iwcodec.call.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from iwcodec.errors import CallError
 from iwcodec.keyframe import encode_keyframe
-from receiver import control
-from receiver.call import PROTOCOL, check_peer
 from receiver.decoder import Decoder
 from receiver.live import LiveReceiver, Playout
-from receiver.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from sender.call import auto_frames_per_message
 from sender.core import Face, SendCore
 from sender.encoder import EncodeOptions, entropy_model, stream_params
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-call_measure = importlib.import_module("tools.call_measure")
 
 MESSAGES = [
     control.Ping(7, 123456, 80),
@@ -152,17 +148,15 @@ def test_playout_spreads_bundled_frames_at_the_stream_rate():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    # two threads (worker, test) share the cores, as in a call (receiver.call.configure_threads)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def torch_threads():
+    # two threads (worker, test) share the cores, as in a call
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return call_measure.tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    return tiny_model(tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 def run_receiver(model, messages, answer_resync):
@@ -334,7 +328,7 @@ def test_live_receiver_shows_no_face_frames_as_the_senders_fill(model):
 
 
 def test_live_receiver_refuses_junk_and_a_stream_for_other_weights(model, tmp_path):
-    other = call_measure.tiny_model(tmp_path / "other.safetensors", seed=5)
+    other = tiny_model(tmp_path / "other.safetensors", seed=5)
     params = stream_params(other, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
 
     async def scenario():
@@ -408,12 +402,15 @@ def test_no_frame_is_shown_after_the_call_starts_closing(tmp_path):
 
     import av
 
-    from receiver.call import Call, CallHooks, CallOptions
+    from iwcodec.call.halves import CallHooks
+    from iwcodec.call.session import Call, CallOptions
     from receiver.live import RenderedFrame
 
     shown = []
     outgoing = SimpleNamespace(audio_track=None, stats=None, hello=lambda: {})
-    options = CallOptions(room="r", signal_url="ws://x", token="t", record=tmp_path / "r.mkv")
+    options = CallOptions(
+        room="r", signal_url="ws://x", token="t", view_port=None, record=tmp_path / "r.mkv"
+    )
     call = Call(options, None, outgoing, CallHooks(on_shown=lambda f, t: shown.append(f.index)))
     call.receiver = SimpleNamespace(fps=Fraction(25), stop=lambda: None)
     rgb = np.zeros((16, 16, 3), np.uint8)
@@ -422,8 +419,8 @@ def test_no_frame_is_shown_after_the_call_starts_closing(tmp_path):
         return RenderedFrame(index=i, pts=i * 3600, rgb=rgb + i, arrival=0.0, ready=0.0)
 
     async def scenario():
-        call._show(frame(0))
-        asyncio.get_running_loop().call_later(0, call._show, frame(1))  # due during the close
+        call.screen.show(frame(0))
+        asyncio.get_running_loop().call_later(0, call.screen.show, frame(1))  # due during the close
         await call._close()
 
     asyncio.run(scenario())

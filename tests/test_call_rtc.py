@@ -1,4 +1,4 @@
-"""receiver/rtc.py on real aiortc connections: the SCTP acknowledgement policies and the wire
+"""iwcodec/call/rtc.py on real aiortc connections: the SCTP acknowledgement policies and the wire
 counter (plain data channels, no model).
 
 Both peers send a 66-byte message 10 times a second (a 3-frame keypoint unit at 30 fps). Stock
@@ -12,20 +12,17 @@ import asyncio
 import time
 
 import pytest
+from _call import needs_host_address
 from aiortc import RTCPeerConnection
 
-from receiver.rtc import (
+from iwcodec.call.rtc import (
     SackPolicy,
     WireCounter,
-    can_gather_host_candidates,
     install_sack_policy,
     rtc_configuration,
 )
 
-pytestmark = pytest.mark.skipif(
-    not can_gather_host_candidates(),
-    reason="no network address besides loopback: aioice gathers no candidate for 127.0.0.1",
-)
+pytestmark = needs_host_address
 
 RATE, SIZE, SECONDS = 10, 66, 3.0
 

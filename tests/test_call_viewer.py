@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
-import torch
+from _call import needs_host_address, one_torch_thread
 
 from bitstream import ImageCodec
+from iwcodec.call.halves import CallHooks
+from iwcodec.call.loopback import Peer, run_pair, tiny_model
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
-from receiver.call import CallHooks
-from receiver.rtc import can_gather_host_candidates
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-call_measure = importlib.import_module("tools.call_measure")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -34,10 +29,7 @@ pytestmark = [
     pytest.mark.skipif(
         CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
     ),
-    pytest.mark.skipif(
-        not can_gather_host_candidates(),
-        reason="no network address besides loopback: aioice gathers no candidate for 127.0.0.1",
-    ),
+    needs_host_address,
 ]
 
 
@@ -114,15 +106,13 @@ class Browser:
 
 @pytest.mark.slow
 def test_viewer_page_shows_moving_video_in_headless_chromium(tmp_path):
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = call_measure.tiny_model(tmp_path / "tiny.safetensors")
+    model = tiny_model(tmp_path / "tiny.safetensors")
     viewer_url: asyncio.Future | None = None
     shots: dict[str, object] = {}
 
-    def connected(call) -> None:
-        if call.viewer is not None and not viewer_url.done():
-            viewer_url.set_result(call.viewer.url)
+    def connected(url: str | None) -> None:
+        if url is not None and not viewer_url.done():
+            viewer_url.set_result(url)
 
     async def look() -> None:
         url = await asyncio.wait_for(viewer_url, 60)
@@ -159,20 +149,16 @@ def test_viewer_page_shows_moving_video_in_headless_chromium(tmp_path):
     async def scenario():
         nonlocal viewer_url
         viewer_url = asyncio.get_running_loop().create_future()
-        a = call_measure.Peer(model, audio="off")
-        b = call_measure.Peer(
-            model, audio="off", view_port=0, hooks=CallHooks(on_connected=connected)
-        )
+        a = Peer(model, audio="off")
+        b = Peer(model, audio="off", view_port=0, hooks=CallHooks(on_connected=connected))
         viewing = asyncio.ensure_future(look())
-        reports = await call_measure.run_pair(a, b, 14.0)
+        reports = await run_pair(a, b, 14.0)
         await viewing
         return reports
 
-    try:
-        start = time.monotonic()
+    start = time.monotonic()
+    with one_torch_thread():
         reports = asyncio.run(scenario())
-    finally:
-        torch.set_num_threads(torch_threads)
     assert not any(isinstance(r, BaseException) for r in reports), reports
     assert time.monotonic() - start < 90
     first, second = shots["first"], shots["second"]

@@ -1,4 +1,4 @@
-"""The signaling server (receiver/signaling.py) against well-behaved and hostile clients.
+"""The signaling server (iwcodec/call/signaling.py) against well-behaved and hostile clients.
 
 Every refusal must be a clear error message (or a close code the client turns into one), and
 the server must keep serving the other rooms: each test ends with a good pair meeting.
@@ -17,9 +17,9 @@ import time
 import aiohttp
 import pytest
 
+from iwcodec.call import signaling
+from iwcodec.call.signaling import SignalingClient, SignalingServer
 from iwcodec.errors import CallError
-from receiver import signaling
-from receiver.signaling import SignalingClient, SignalingServer
 
 TOKEN = "s3cret-room-token-1"
 
@@ -337,7 +337,7 @@ def test_iwcodec_signal_command_serves_rooms(tmp_path):
 
 
 def test_a_port_in_use_is_a_clear_error_for_the_server_and_the_viewer():
-    from receiver.viewer import Viewer
+    from iwcodec.call.viewer import Viewer
 
     async def scenario():
         first = SignalingServer(TOKEN)

@@ -128,7 +128,7 @@ _SCTP_ATTRS = (
 )
 
 
-class _SackAdapter:
+class SackAdapter:
     """Per-association replacement of ``_send_sack`` (arm a timer instead of sending) and, for
     BUNDLED, of ``_send_chunk`` (put the pending SACK in front of an outgoing DATA chunk)."""
 
@@ -202,7 +202,7 @@ class _SackAdapter:
 
 def install_sack_policy(
     pc: RTCPeerConnection, policy: SackPolicy, delay: float = DEFAULT_SACK_DELAY
-) -> _SackAdapter | None:
+) -> SackAdapter | None:
     """Apply ``policy`` to ``pc``'s SCTP association; returns the adapter (its ``bundled`` and
     ``alone`` count SACKs), or None for IMMEDIATE or when aiortc lacks the internals."""
     if policy is SackPolicy.IMMEDIATE or pc.sctp is None:
@@ -214,7 +214,7 @@ def install_sack_policy(
             ", ".join(missing),
         )
         return None
-    return _SackAdapter(pc.sctp, policy, delay)
+    return SackAdapter(pc.sctp, policy, delay)
 
 
 # ------------------------------------------------------------------------------ wire counting

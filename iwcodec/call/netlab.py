@@ -1,6 +1,6 @@
 """Two network namespaces joined by an impaired link (loss, delay, rate), for call tests.
 
-    sudo /work/venv/bin/python tools/call_netlab.py --loss 0.2 --delay 0.1 --rate 64000 \\
+    sudo python -m iwcodec.call.netlab --loss 0.2 --delay 0.1 --rate 64000 \\
         --seconds 20 --out results/calls/impaired.json
 
 The link is what ``tc netem`` makes of a veth pair: every packet is dropped with probability
@@ -33,6 +33,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,10 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
+from iwcodec.call.loopback import SAMPLE, tiny_model
+
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -301,9 +303,9 @@ def impaired_call(
     extra: tuple[str, ...] = (),
 ) -> dict:
     """Run the signaling server and two ``iwcodec call`` peers across ``lab``'s link."""
-    input_path = input_path or ROOT / "iwcodec" / "samples" / "sample.mp4"
+    input_path = input_path or SAMPLE
     port, token = 8765, "netlab-call-token"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "IWCODEC_TOKEN": token}
+    env = {**os.environ, "IWCODEC_TOKEN": token}
     py = sys.executable
     server = lab.popen(
         0,
@@ -445,7 +447,9 @@ def summarize(result: dict, lab: NetLab) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iwcodec.call.netlab", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--loss", type=float, default=0.2)
     parser.add_argument("--delay", type=float, default=0.1)
     parser.add_argument("--rate", type=float, default=64000)
@@ -458,15 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights = args.weights
         if weights is None:
-            sys.path.insert(0, str(ROOT))
-            from tools.call_measure import tiny_model
-
             weights = tmp / "tiny20.safetensors"
             tiny_model(weights, num_kp=20)
         with NetLab(args.loss, args.delay, args.rate) as lab:

@@ -18,7 +18,7 @@ Protocol: JSON text messages on ``ws://HOST:PORT/ws`` (``wss://`` with a certifi
 
 The peer that joins second (it sees ``peer`` in ``joined``) makes the offer. ``hello`` is what a
 peer says about itself (its model weights id, entropy table id, ...); the server does not read
-it, the other peer checks it (receiver.call).
+it, the other peer checks it (``iwcodec.call.negotiation``).
 
 Hostile clients are refused without hurting the others: messages are bounded
 (``MAX_MESSAGE_BYTES``; a larger one closes that socket with code 1009), so are rooms

@@ -29,7 +29,7 @@ import av
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from receiver.signaling import listen
+from iwcodec.call.signaling import listen
 
 KIND_REMOTE = 1
 KIND_LOCAL = 2
@@ -52,7 +52,7 @@ def encode_jpeg(rgb: np.ndarray, qscale: int = JPEG_QSCALE) -> bytes:
 
 
 def _asset(name: str) -> bytes:
-    return (resources.files("receiver.viewer") / name).read_bytes()
+    return (resources.files("iwcodec.call.viewer") / name).read_bytes()
 
 
 class Viewer:
