@@ -15,6 +15,8 @@ FORBIDDEN = {
     "sender": {"receiver", "eval"},
     "receiver": {"sender", "eval"},
     "eval": set(),
+    # the call joins both halves to WebRTC; like cli.py it may import them (docs/calls.md)
+    "iwcodec/call": {"eval", "kernels"},
 }
 # iwcodec/ holds the command line (which may import everything) and leaves every folder uses.
 LEAF_FORBIDDEN = {"torch", "codec", "sender", "receiver", "eval", "kernels"}
@@ -56,3 +58,48 @@ def test_nothing_imports_eval():
     for folder in ("bitstream", "kernels", "codec", "sender", "receiver"):
         for path in (ROOT / folder).rglob("*.py"):
             assert "eval" not in imported_roots(path), path
+
+
+def imports_the_call(path: Path) -> bool:
+    """Whether ``path`` imports ``iwcodec.call`` or a module of it, in any spelling."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        if any(n == "iwcodec.call" or n.startswith("iwcodec.call.") for n in names):
+            return True
+    return False
+
+
+def test_only_the_command_line_imports_the_call():
+    """``iwcodec/call/`` sits above both halves, as the command line does: a half, the model,
+    the bitstream or the evaluation that imported it would tie itself to WebRTC."""
+    bad = []
+    for folder in ("bitstream", "kernels", "codec", "sender", "receiver", "eval", "iwcodec"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            if rel.parts[:2] == ("iwcodec", "call") or rel == Path("iwcodec/cli.py"):
+                continue
+            if imports_the_call(path):
+                bad.append(str(rel))
+    assert not bad, f"import iwcodec.call: {bad}"
+
+
+def test_the_call_import_check_sees_each_spelling(tmp_path):
+    spellings = {
+        "a.py": "import iwcodec.call.session\n",
+        "b.py": "from iwcodec.call import stats\n",
+        "c.py": "from iwcodec import call\n",
+        "d.py": "from iwcodec.call.media import Channels\n",
+        "e.py": "from iwcodec import keyframe\nimport iwcodec.callbacks\n",
+    }
+    for name, text in spellings.items():
+        (tmp_path / name).write_text(text)
+    assert [n for n in spellings if imports_the_call(tmp_path / n)] == [
+        "a.py",
+        "b.py",
+        "c.py",
+        "d.py",
+    ]
