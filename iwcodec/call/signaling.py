@@ -54,7 +54,6 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -502,7 +501,7 @@ class SignalingClient:
             await self._session.close()
         self._ws = self._session = None
 
-    async def send(self, msg: dict[str, Any]) -> None:
+    async def send(self, msg: dict[str, object]) -> None:
         if self._ws is None or self._ws.closed:
             raise CallError("the connection to the signaling server is closed")
         try:
@@ -510,7 +509,7 @@ class SignalingClient:
         except (ConnectionError, RuntimeError) as exc:
             raise CallError(f"lost the signaling server ({exc})") from None
 
-    async def relay(self, data: dict[str, Any]) -> None:
+    async def relay(self, data: dict[str, object]) -> None:
         await self.send({"type": "relay", "data": data})
 
     async def recv(self, timeout: float | None = None) -> dict:
