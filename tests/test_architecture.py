@@ -60,6 +60,86 @@ def test_nothing_imports_eval():
             assert "eval" not in imported_roots(path), path
 
 
+# benchmarks/ measures the kernels and the model, not a half of the codec; no library folder
+# may lean on it (or on a tools/ folder, should one come back).
+BENCHMARKS_FORBIDDEN = {"sender", "receiver", "eval", "tools"}
+LIBRARY_FOLDERS = ("bitstream", "kernels", "codec", "sender", "receiver", "eval", "iwcodec")
+
+
+def python_files() -> list[Path]:
+    """Every Python file of the repository that git tracks or would track."""
+    skip = {".venv", ".cache", ".carry", ".whl", "build", "dist", ".git"}
+    return sorted(p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts[:-1]))
+
+
+def test_benchmarks_import_no_half():
+    bad = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        wrong = imported_roots(path) & BENCHMARKS_FORBIDDEN
+        if wrong:
+            bad.append(f"{path.relative_to(ROOT)} imports {sorted(wrong)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_tools_folder_of_scripts():
+    """What users and maintainers need is a library function with an ``iwcodec`` subcommand;
+    a one-off study stays in git history, named by the README of the results it made."""
+    scripts = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tools").rglob("*.py"))
+    assert not scripts, f"scripts in tools/: {scripts}"
+
+
+def test_no_library_imports_tools_or_benchmarks():
+    bad = []
+    for folder in LIBRARY_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            wrong = imported_roots(path) & {"tools", "benchmarks"}
+            if wrong:
+                bad.append(f"{path.relative_to(ROOT)} imports {sorted(wrong)}")
+    assert not bad, "\n".join(bad)
+
+
+PATH_TRICKS = ("addsitedir", "spec_from_file_location")
+
+
+def path_tricks(path: Path, root: Path = ROOT) -> list[str]:
+    """Where ``path`` edits the import path (``sys.path``, ``site.addsitedir``) or loads a
+    module from a file name (``importlib.util.spec_from_file_location``): the ways a script
+    folder gets imported without being a package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        where = f"{path.relative_to(root)}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Attribute):
+            is_sys = isinstance(node.value, ast.Name) and node.value.id == "sys"
+            if (is_sys and node.attr == "path") or node.attr in PATH_TRICKS:
+                found.append(f"{where} {'sys.' if is_sys else ''}{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module in ("sys", "site", "importlib.util"):
+            names = {a.name for a in node.names} & {"path", *PATH_TRICKS}
+            found += [f"{where} from {node.module} import {n}" for n in sorted(names)]
+    return found
+
+
+def test_nothing_edits_the_import_path():
+    """Everything is imported as a package (pyproject's package list; tests/ helpers sit next
+    to the tests, where pytest looks), so no file needs to edit sys.path."""
+    found = [hit for path in python_files() for hit in path_tricks(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_import_path_check_sees_each_trick(tmp_path):
+    tricks = {
+        "a.py": "import sys\nsys.path.insert(0, '.')\n",
+        "b.py": "import sys\nsys.path[:0] = ['.']\n",
+        "c.py": "from sys import path\npath.append('.')\n",
+        "d.py": "import site\nsite.addsitedir('.')\n",
+        "e.py": "import importlib.util\nimportlib.util.spec_from_file_location('x', 'x.py')\n",
+        "f.py": "import sys\nprint(sys.argv)\n",
+    }
+    for name, text in tricks.items():
+        (tmp_path / name).write_text(text)
+    caught = [name for name in tricks if path_tricks(tmp_path / name, tmp_path)]
+    assert caught == ["a.py", "b.py", "c.py", "d.py", "e.py"]
+
+
 def imports_the_call(path: Path) -> bool:
     """Whether ``path`` imports ``iwcodec.call`` or a module of it, in any spelling."""
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
