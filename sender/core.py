@@ -42,8 +42,9 @@ from bitstream import (
     Unit,
     UnitCutter,
 )
-from bitstream.units import MAX_REFS, MAX_UNIT_FRAMES
+from bitstream.units import MAX_UNIT_FRAMES
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
+from sender.keyframes import KeyframePolicy, KeyframeSet
 
 #: A face missing for at least this long is "no face" (a shorter miss is the detector's, not
 #: the camera's: the crop holds its box through it).
@@ -110,6 +111,12 @@ class SendCore:
         pacer: keyframes wait for this token bucket (calls: ``bitstream.pacing.SENDER``, so
             that the receiver drops none); a face that comes back before a keyframe may go is
             sent as no face until one may. None: keyframes go when due (files).
+        policy: when a face frame becomes a keyframe besides the start of a face segment
+            (``sender.keyframes``: fixed indices, an interval, a quality threshold, a budget);
+            None: only there (and where a caller asks).
+        keyframes: the sender's mirror of the receiver's keyframe set: the ids of new
+            keyframes and the keyframes each frame is rebuilt from (the nearest in pose);
+            None: a set of 16 with 3 refs per frame.
 
     :meth:`start` gives the stream's first units, :meth:`frame` the units each frame
     completes, :meth:`flush` the rest, in order. Frames are cut into units by
@@ -128,6 +135,8 @@ class SendCore:
         fill: Fill = Fill.BLANK,
         detect: Callable[[np.ndarray], np.ndarray] | None = None,
         pacer: KeyframePacer | None = None,
+        policy: KeyframePolicy | None = None,
+        keyframes: KeyframeSet | None = None,
     ) -> None:
         if not 1 <= frames_per_unit <= MAX_UNIT_FRAMES:
             raise ValueError(f"frames per unit must be 1..{MAX_UNIT_FRAMES}, got {frames_per_unit}")
@@ -138,7 +147,13 @@ class SendCore:
         self.fill = Fill(fill)
         self.encoder = KeypointEncoder(params, table, resync_period=resync_period)
         self.keyframes_sent = 0
-        self.refs: tuple[int, ...] = ()  # keyframes of the current face segment
+        self.keyframe_bytes = 0
+        self.keyframe_indices: list[int] = []  # frames sent as keyframes
+        self.policy = policy
+        self.keyframes = (
+            keyframes if keyframes is not None else KeyframeSet(16, image_size=params.width)
+        )
+        self._in_segment = False  # a face segment is on, with its keyframe sent
         #: every keypoint unit a resync unit (a call on a path that loses packets)
         self.resilient = False
         self.detect = detect
@@ -149,7 +164,7 @@ class SendCore:
     @property
     def needs_keyframe(self) -> bool:
         """True at the start of a face segment, before its first keyframe."""
-        return not self.refs
+        return not self._in_segment
 
     def start(self) -> list[Unit]:
         """The stream's first units: the parameter unit."""
@@ -177,19 +192,23 @@ class SendCore:
         if face is None or not self.takes_face(t):
             return self._no_face(index, pts)
         units = []
+        if self.policy is not None:  # asked on every face frame (a fixed list counts them off)
+            keyframe |= self.policy.due(index, t, self.keyframes.distance(face.keypoints))
         if (self.needs_keyframe or keyframe) and self.keyframe_ready(t):
             if self.pacer is not None:
                 self.pacer.take(t)
-            units = self._keyframe(face.crop, index)
+            units = self._keyframe(face, index)
+            if self.policy is not None:
+                self.policy.sent(index, t, len(units[-1].data))
         return units + self._face(index, pts, face.keypoints)
 
     def request_resync(self) -> None:
         """Make the next keypoint unit a resync unit (the receiver's chain broke)."""
         self.encoder.request_resync()
 
-    def _keyframe(self, crop: np.ndarray, index: int) -> list[Unit]:
-        """Send ``crop`` (S, S, 3) uint8, frame ``index``, as a keyframe of the current face
-        segment: the frames from here on are rebuilt from it too (the latest 16 at most).
+    def _keyframe(self, face: Face, index: int) -> list[Unit]:
+        """Send ``face.crop`` (S, S, 3) uint8, frame ``index``, as a keyframe of the current
+        face segment, in the slot of the keyframe set that :class:`KeyframeSet` frees.
 
         The receiver holds the *decoded* picture, not ``crop``, and finds its keypoints on
         that. With ``detect``, the sender decodes its own keyframe and sends frame ``index``
@@ -198,14 +217,19 @@ class SendCore:
         away from those on the original (8 px on one clip at AV1 q75), which the model reads
         as motion: 30 dB instead of 52 dB for the keyframe's own frame."""
         units = self.flush()
-        image = encode_keyframe(crop, codec=self.keyframe_codec, quality=self.keyframe_quality)
+        image = encode_keyframe(face.crop, codec=self.keyframe_codec, quality=self.keyframe_quality)
+        keypoints = np.asarray(face.keypoints, np.float32)  # (K, 3)
         if self.detect is not None:
             picture = decode_keyframe(image, self.keyframe_codec)  # (S, S, 3) as received
-            self._keyframe_keypoints = (index, np.asarray(self.detect(picture), np.float32))
-        keyframe_id = self.keyframes_sent
+            keypoints = np.asarray(self.detect(picture), np.float32)
+            self._keyframe_keypoints = (index, keypoints)
+        keyframe_id = self.keyframes.next_id()
         units.append(KeyframeUnit(keyframe_id, index, self.keyframe_codec, image))
+        self.keyframes.add(keyframe_id, keypoints, index)
         self.keyframes_sent += 1
-        self.refs = (*self.refs, keyframe_id)[-MAX_REFS:]
+        self.keyframe_bytes += len(image)
+        self.keyframe_indices.append(index)
+        self._in_segment = True
         return units
 
     def _face(self, index: int, pts: int, keypoints: np.ndarray) -> list[Unit]:
@@ -214,12 +238,15 @@ class SendCore:
             raise ValueError(f"frame {index}: a face segment starts with a keyframe")
         if self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index:
             keypoints = self._keyframe_keypoints[1]  # the keyframe's own frame (see _keyframe)
-        frame = KeypointFrame(index, pts, keypoints, self.refs)
-        return self._units(self._cutter.push(frame, self.refs))
+        refs = self.keyframes.choose_refs(keypoints, index)
+        frame = KeypointFrame(index, pts, keypoints, refs)
+        return self._units(self._cutter.push(frame, refs))
 
     def _no_face(self, index: int, pts: int) -> list[Unit]:
         """One frame without a face: it ends the face segment."""
-        self.refs = ()
+        if self._in_segment:
+            self._in_segment = False
+            self.keyframes.new_segment()
         return self._units(self._cutter.push(_Gap(index, pts), "no face"))
 
     def flush(self) -> list[Unit]:

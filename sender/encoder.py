@@ -13,19 +13,22 @@ Pipeline (each stage a function, ``encode_file`` chains them):
    shared with calls), an end unit.
 
 The first keyframe is the first frame with a face, and each face that comes back after a
-stretch without one starts with a keyframe of its own. ``EncodeOptions.keyframe_indices`` can
-name further frames to send as keyframes (the evaluation's "2 sources" operating point: first
-+ middle frame); each is written just before the first unit that uses it, and every frame from
-it on is rebuilt from all keyframes of its face segment (paper section 3: attention over the
-keys of several source frames at once), so the stream stays causal. Byte counts come from the
-bytes the stream writer really wrote.
+stretch without one starts with a keyframe of its own. Further keyframes follow a policy
+(``sender.keyframes``; ``EncodeOptions.keyframe_policy``): by default the frames named in
+``EncodeOptions.keyframe_indices`` (the evaluation's "2 sources" operating point: first +
+middle frame); or one every N seconds, or where the sender's quality estimate says the
+receiver's picture has drifted from the true frame (within a keyframe budget or not). Each is
+written just before the first unit that uses it, and every frame is rebuilt from the 1-3
+keyframes of its face segment nearest in pose (paper section 3: attention over the keys of
+several source frames at once), so the stream stays causal. Byte counts come from the bytes
+the stream writer really wrote.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -38,6 +41,8 @@ from tqdm import tqdm
 from bitstream import (
     DEFAULT_FRAMES_PER_UNIT,
     DEFAULT_RESYNC_PERIOD,
+    KEYFRAME_SLOTS,
+    TIMESCALE,
     EntropyModel,
     Fill,
     ImageCodec,
@@ -64,6 +69,7 @@ from iwcodec.keyframe import DEFAULT_CODEC, DEFAULT_QUALITY
 from iwcodec.outputs import check_output
 from sender.core import Face, SendCore, face_mask, frame_ticks
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
+from sender.keyframes import FixedKeyframes, KeyframePolicy, KeyframeSet
 
 KEYFRAME_ID = 0
 
@@ -86,6 +92,11 @@ class EncodeOptions:
             frame i is rebuilt from every keyframe of its face segment at or before i. A frame
             without a face is never a keyframe: the first face frame after it is.
         no_face: what the receiver shows for frames without a face (``bitstream.Fill``).
+        keyframe_policy: makes the policy of further keyframes (``sender.keyframes``, e.g.
+            ``QualityKeyframes`` or ``functools.partial(BudgetKeyframes, 2.0)``); None: the
+            frames of ``keyframe_indices``.
+        keyframe_set: keyframes the receiver keeps for this stream, 1..16; new ones replace
+            the least recently used (``sender.keyframes.KeyframeSet``).
     """
 
     keyframe_codec: ImageCodec = DEFAULT_CODEC
@@ -101,6 +112,8 @@ class EncodeOptions:
     progress: bool = True
     keyframe_indices: tuple[int, ...] = (0,)
     no_face: Fill = Fill.BLANK
+    keyframe_policy: Callable[[], KeyframePolicy] | None = None
+    keyframe_set: int = KEYFRAME_SLOTS
 
 
 @dataclass(frozen=True)
@@ -240,7 +253,16 @@ def send_core(
         fill=options.no_face,
         detect=lambda picture: detect_batch(model, picture[None])[0],
         pacer=pacer,
+        policy=keyframe_policy(options),
+        keyframes=KeyframeSet(options.keyframe_set, image_size=params.width),
     )
+
+
+def keyframe_policy(options: EncodeOptions) -> KeyframePolicy:
+    """A fresh policy of further keyframes for one stream (policies keep state)."""
+    if options.keyframe_policy is None:
+        return FixedKeyframes(check_keyframe_indices(options.keyframe_indices))
+    return options.keyframe_policy()
 
 
 @torch.inference_mode()
@@ -362,7 +384,6 @@ def encode_crops(
     writer = StreamWriter(out)
     counts = dict.fromkeys(("params", "keyframes", "keypoints", "end"), 0)
     counts["params"] = sum(writer.write(unit) for unit in core.start())
-    pending_extra = list(indices[1:])  # later keyframes: the first face frame at or after each
     units_written = frames = faces = 0
 
     def write(units: list) -> None:
@@ -391,10 +412,7 @@ def encode_crops(
                 if face is not None and not face[i]:
                     write(core.frame(i, pts, None))
                     continue
-                due = bool(pending_extra) and pending_extra[0] <= i
-                while pending_extra and pending_extra[0] <= i:
-                    pending_extra.pop(0)
-                write(core.frame(i, pts, Face(crop, keypoints), keyframe=due))
+                write(core.frame(i, pts, Face(crop, keypoints), t=pts / TIMESCALE))
                 faces += 1
             bar.update(len(batch))
     if frames == 0:
