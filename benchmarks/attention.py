@@ -4,6 +4,8 @@
     python -m benchmarks.attention --out DIR --quick   # 2 cases, shorter timing
     python -m benchmarks.attention --out DIR --check   # correctness sweep only
     python -m benchmarks.attention --out DIR --smoke   # tiny shapes; CPU: interpreter
+    python -m benchmarks.attention --out DIR --quick --cases "256px N=1,256px N=3" \
+        --no-backward --fresh-processes 5             # median and spread over 5 processes
 
 The op is ``kernels.warp_attention``: A = softmax(Q K^T * scale), out_v = A V, out_k = A K,
 out_p = A P. Every method below produces those three outputs from bf16 inputs at batch 1, one
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 
 import kernels
 from iwcodec.errors import IWCodecError
-from kernels import warp_attention, warp_attention_reference
+from kernels import pinned_table, warp_attention, warp_attention_reference
 
 VALID_TOL = 2e-2  # composition outputs (bf16) against float64
 GOAL_RATIO = 0.8  # fused time / best composition time
@@ -706,6 +708,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup-ms", type=int, default=None)
     ap.add_argument("--rep-ms", type=int, default=None)
     ap.add_argument("--no-backward", action="store_true", help="skip forward+backward timing")
+    ap.add_argument(
+        "--cases",
+        type=lambda t: [c.strip() for c in t.split(",") if c.strip()],
+        default=None,
+        help="comma-separated case labels (e.g. '256px N=1,256px N=3'); default: the mode's",
+    )
+    ap.add_argument(
+        "--fresh-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the benchmark in N fresh processes and report median and spread per case",
+    )
     args = ap.parse_args(argv)
     fast = args.quick or args.smoke
     args.rotate = args.rotate or (2 if fast else 4)
@@ -727,6 +742,9 @@ def main(argv: list[str] | None = None) -> int:
         # Triton reads this when it is first imported, which has not happened yet here.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     args.out.mkdir(parents=True, exist_ok=True)
+    select_cases(args)  # an unknown label fails before any child runs
+    if args.fresh_processes:
+        return _main_fresh(args, device)
     env = environment(device)
     print(
         f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}"
@@ -735,6 +753,104 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return _main_check(args, device, env, name)
     return _main_bench(args, device, env, name)
+
+
+def select_cases(args) -> list[Case]:
+    """The mode's cases, or those ``--cases`` names (from every list; IWCodecError if unknown)."""
+    default = SMOKE_CASES if args.smoke else QUICK_CASES if args.quick else FULL_CASES
+    if not args.cases:
+        return default
+    known = {c.label: c for c in [*FULL_CASES, *SMOKE_CASES]}
+    unknown = [c for c in args.cases if c not in known]
+    if unknown:
+        raise IWCodecError(f"unknown case {unknown}; cases: {', '.join(known)}")
+    return [known[c] for c in args.cases]
+
+
+def _child_argv(args, out: Path) -> list[str]:
+    """This run's options for one fresh child process (without --fresh-processes)."""
+    argv = ["--out", str(out), "--rotate", str(args.rotate)]
+    argv += ["--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms)]
+    for flag in ("quick", "smoke", "no_backward"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    if args.cases:
+        argv += ["--cases", ",".join(args.cases)]
+    return argv
+
+
+def spread_summary(reports: list[dict]) -> list[dict]:
+    """Per case over the processes: fused ms, best composition ms, their ratio; median and
+    spread (max - min) / median of each."""
+
+    def stats(values: list[float]) -> dict:
+        med = statistics.median(values)
+        return {
+            "values": values,
+            "median": med,
+            "spread": (max(values) - min(values)) / med if med else None,
+        }
+
+    out = []
+    for i, case in enumerate(reports[0]["cases"]):
+        per = [r["cases"][i] for r in reports]
+        fused = [next(m["ms"] for m in c["methods"] if m["family"] == "fused") for c in per]
+        best = [
+            next(m["ms"] for m in c["methods"] if m["method"] == c["best_composition"]) for c in per
+        ]
+        ratio = [c["ratio_fused_over_best"] for c in per]
+        out.append(
+            {
+                "case": case["case"],
+                "fused_ms": stats(fused),
+                "best_composition_ms": stats(best),
+                "best_composition": [c["best_composition"] for c in per],
+                "ratio_fused_over_best": stats(ratio),
+                "goal_ratio_le_0.8": statistics.median(ratio) <= GOAL_RATIO,
+                "goal_spread_le_10pct": stats(fused)["spread"] <= 0.10,
+            }
+        )
+    return out
+
+
+def _main_fresh(args, device: str) -> int:
+    """The benchmark in N fresh processes (a result one process produced is not a result)."""
+    import tempfile
+
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.fresh_processes):
+            out = Path(tmp) / f"p{i}"
+            cmd = [sys.executable, "-m", "benchmarks.attention", *_child_argv(args, out)]
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if run.returncode != 0:
+                print(run.stdout[-2000:], run.stderr[-3000:], file=sys.stderr)
+                return run.returncode or 1
+            (path,) = out.glob("attention_*.json")
+            reports.append(json.loads(path.read_text()))
+            print(f"process {i + 1}/{args.fresh_processes} done", flush=True)
+    env = reports[0]["environment"]
+    summary = spread_summary(reports)
+    print(
+        f"\n{'case':22s} {'fused ms (median, spread)':28s} {'best PyTorch ms':18s} {'fused/best':>10s}"
+    )
+    for s in summary:
+        f, b, r = s["fused_ms"], s["best_composition_ms"], s["ratio_fused_over_best"]
+        print(f"{s['case']['label']:22s} {f['median']:9.4f} ({100 * f['spread']:5.1f} %)        "
+              f"{b['median']:9.4f} ({100 * b['spread']:4.1f} %) {r['median']:10.3f}")  # fmt: skip
+    name = slug(env["device"] if device == "cuda" else "cpu-smoke")
+    path = args.out / f"attention_spread_{name}.json"
+    result = {
+        "environment": env,
+        "command": "python -m benchmarks.attention " + " ".join(_child_argv(args, Path("DIR"))),
+        "processes": args.fresh_processes,
+        "cases": summary,
+        "tuning": [r.get("tuning", {}) for r in reports],
+        "runs": reports,
+    }
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    return 0
 
 
 def _main_check(args, device: str, env: dict, name: str) -> int:
@@ -758,7 +874,7 @@ def _main_bench(args, device: str, env: dict, name: str) -> int:
     timer = make_timer(device, args.warmup_ms, args.rep_ms)
     peak = measure_matmul_peak(device, timer, args.smoke)
     print(f"matmul peak ({peak['n']}^3 {peak['dtype']}): {peak['tflops']:.1f} TFLOP/s")
-    cases = SMOKE_CASES if args.smoke else QUICK_CASES if args.quick else FULL_CASES
+    cases = select_cases(args)
     summaries = []
     for i, case in enumerate(cases):
         with_backward = not args.no_backward and (i == 0 or not args.quick)
@@ -784,6 +900,7 @@ def _main_bench(args, device: str, env: dict, name: str) -> int:
         "plain_attention_anchors": anchors,
         "goals": goals(summaries),
         "tuning": tuning,
+        "pinned": {"provenance": pinned_table.PROVENANCE, "rows": len(pinned_table.ENTRIES)},
     }  # fmt: skip
     path = args.out / f"attention_{name}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -36,6 +36,8 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from kernels import pinned
+
 _LOG2E = 1.4426950408889634
 
 # Keys per split are a multiple of this (and of every forward BLOCK_N), so only the
@@ -736,6 +738,35 @@ def _pick(tuned: dict, raw, width: str, config: LaunchConfig | None):
     return raw, _launch_kwargs(config)
 
 
+def target_of(device: torch.device) -> str | None:
+    """The pinned table's compile target for tensors on ``device`` (None: none applies)."""
+    if INTERPRETED:
+        return "interpreter"
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return pinned.cuda_target(index)
+
+
+def pinned_launch(
+    q: torch.Tensor, lk: int, dv: int, dp: int
+) -> tuple[LaunchConfig | None, int | None]:
+    """(tile, key splits) pinned for this forward shape (kernels/pinned.py), or (None, None):
+    the autotuner picks the tile and :func:`choose_splits` the splits."""
+    target = target_of(q.device)
+    if target is None:
+        return None, None
+    bsz, lq, d = q.shape
+    if bsz != 1:  # the table holds the receiver's batch-1 shapes
+        return None, None
+    key = pinned.ShapeKey(target, lq, lk, d, dv, dp, pinned.dtype_name(q.dtype))
+    found = pinned.lookup(key)
+    if found is None:
+        return None, None
+    tile = LaunchConfig(found.block_m, found.block_n, found.num_warps, found.num_stages)
+    return tile, found.num_splits
+
+
 def forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -751,13 +782,17 @@ def forward(
 
     Inputs are prepared by ``kernels.warp_attention``: one dtype, last dim contiguous, batch
     stride possibly 0 (broadcast keys), key_bias (B, Lk) with unit last stride or None.
-    num_splits: key splits (None: from the problem size and SM count).
+    num_splits: key splits (None: pinned for the shape, else from the problem size and SM
+    count). With neither ``config`` nor ``num_splits`` given, a shape of the pinned table
+    (kernels/pinned.py) launches its pinned tile and splits instead of autotuning.
     """
     bsz, lq, d = q.shape
     lk, dv, dp = k.shape[1], v.shape[2], p.shape[2]
     d_pad, dv_pad, dp_pad = _pad(d), _pad(dv), _pad(dp)
     width = _width_class(d_pad, dv_pad)
     dev = q.device
+    if config is None and num_splits is None:
+        config, num_splits = pinned_launch(q, lk, dv, dp)
 
     out_v = torch.empty((bsz, lq, dv), dtype=v.dtype, device=dev)
     out_k = torch.empty((bsz, lq, d), dtype=k.dtype, device=dev)

@@ -15,6 +15,10 @@ is eq. 1 of Mallya et al. (NeurIPS 2022, section 3) with two value sets, see
 
 Triton is imported only when a Triton run is asked for, so this module imports cleanly
 without triton or without a GPU driver.
+
+Under ``torch.compile`` CUDA inputs go through the custom op ``torch.ops.iwcodec.warp_attention``
+(``kernels/ops.py``), which the compiler treats as one opaque op; CPU inputs (backends "auto"
+and "torch") through the reference, which it traces.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ def warp_attention(
     _check_inputs(q, k, v, p, key_bias, scale)
     if backend == "torch":
         return warp_attention_reference(q, k, v, p, key_bias, scale)
+    if torch.compiler.is_compiling():
+        return _compiled(q, k, v, p, key_bias, scale, backend)
     problem = _triton_problem(q, k, v, p, key_bias, allow_interpreter=backend == "triton")
     if problem is None:
         return _run_triton(q, k, v, p, key_bias, scale, num_splits=None, config=None)
@@ -71,6 +77,20 @@ def warp_attention(
             f"the Triton attention backend cannot run here: {problem}. "
             "Use backend='torch' (or 'auto', which falls back to it)."
         )
+    return warp_attention_reference(q, k, v, p, key_bias, scale)
+
+
+def _compiled(q, k, v, p, key_bias, scale, backend: str) -> Outputs:
+    """Under ``torch.compile``: CUDA tensors go through the opaque custom op
+    (``kernels/ops.py``), whose CUDA implementation runs the Triton kernels when they can run
+    (else the reference, or BackendUnavailableError for backend "triton"); anything else, and a
+    key_bias that needs a gradient (the kernels give none), is the plain-torch reference, which
+    the compiler traces like any other torch code."""
+    needs_bias_grad = key_bias is not None and key_bias.requires_grad and torch.is_grad_enabled()
+    if q.is_cuda and not needs_bias_grad:
+        from kernels.ops import warp_attention_compiled
+
+        return warp_attention_compiled(q, k, v, p, key_bias, scale, backend == "triton")
     return warp_attention_reference(q, k, v, p, key_bias, scale)
 
 
