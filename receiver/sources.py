@@ -7,6 +7,8 @@ source features: keypoints detected on the decoded picture, keys, values and pix
 per keyframe. A frame is rendered from the keyframes its keypoint unit names (``refs``): the
 attention runs over the keys of all of them at once (paper section 3, "pick and choose" over
 several sources; eq. 1), so the receiver's set is what the sender's choice of refs picks from.
+On a CUDA device the render replays a CUDA graph per refs (``receiver.graphs``; same pixels,
+a fraction of the launch overhead at batch 1), re-captured when a keyframe of the refs changes.
 
 **The set is bounded, and both sides know what it holds** (docs/bitstream.md 3.2): keyframe
 ``k`` occupies slot ``bitstream.keyframe_slot(k)`` (``k mod 16``) and replaces whatever was
@@ -28,6 +30,7 @@ from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot
 from codec.model import ImplicitWarpingModel, SourceFeatures
 from iwcodec.errors import ModelMismatchError
 from receiver.audit import check_keyframe
+from receiver.graphs import RenderGraphs
 
 
 def check_stream(model: ImplicitWarpingModel, params: ParamsUnit) -> None:
@@ -59,10 +62,14 @@ def device_of(model: ImplicitWarpingModel) -> torch.device:
 def check_finite(values: torch.Tensor, what: str) -> None:
     """Refuse NaN or infinite model outputs: they would become black frames silently."""
     if not bool(torch.isfinite(values).all()):
-        raise ModelMismatchError(
-            f"the model's {what} contains NaN or infinite values: the weights are broken "
-            "(e.g. a diverged training run); decode with other weights (--weights)"
-        )
+        raise not_finite(what)
+
+
+def not_finite(what: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the model's {what} contains NaN or infinite values: the weights are broken "
+        "(e.g. a diverged training run); decode with other weights (--weights)"
+    )
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -99,6 +106,8 @@ class SourceSet:
         self._slots: dict[int, Keyframe] = {}  # slot -> keyframe
         self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
         self._black: np.ndarray | None = None
+        #: CUDA graphs of the render per refs (receiver.graphs; None: eager, as on a CPU)
+        self.graphs: RenderGraphs | None = RenderGraphs.for_model(model)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -166,6 +175,14 @@ class SourceSet:
         src = self.features(refs)
         if src is None:
             return None
+        if self.graphs is not None and self.graphs.takes(len(keypoints)):
+            owners = [self._slots[keyframe_slot(r)] for r in refs]  # a replaced slot: recapture
+            done = self.graphs.render(refs, owners, src, keypoints)
+            if done is not None:
+                rgb, finite = done
+                if not finite:
+                    raise not_finite("rendered frames")
+                return rgb
         kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
         images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
         check_finite(images, "rendered frames")
