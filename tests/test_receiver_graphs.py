@@ -14,41 +14,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _frames import SIZE, keyframe, keypoints
 from _media import tiny_weights
 
-from bitstream import KEYFRAME_SLOTS, ImageCodec, KeyframeUnit, load_prior
+from bitstream import KEYFRAME_SLOTS, load_prior
 from bitstream.synthetic import example_params
 from codec.weights import load_model
 from iwcodec.errors import ModelMismatchError
-from iwcodec.keyframe import encode_keyframe
 from receiver.graphs import RenderGraphs, bucket, eager_replay
 from receiver.sources import SourceSet
-
-SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return load_model(tiny_weights(tmp_path_factory.mktemp("graphs") / "tiny.safetensors", 0))
-
-
-def picture(seed: int) -> np.ndarray:
-    """A smooth random (64, 64, 3) uint8 picture (codes small, decodes close)."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (8, 8, 3))
-    return np.kron(coarse, np.ones((8, 8, 1))).astype(np.uint8)
-
-
-def keyframe(kid: int, seed: int) -> KeyframeUnit:
-    return KeyframeUnit(kid, 0, ImageCodec.PNG, encode_keyframe(picture(seed), codec="png"))
-
-
-def keypoints(batch: int, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    kp = rng.uniform(-0.8, 0.8, (batch, k, 3)).astype(np.float32)
-    kp[..., 2] = rng.uniform(0.2, 1.0, (batch, k))
-    kp.setflags(write=False)  # decoded arrays may be read-only
-    return kp
 
 
 def source_set(model, graphs: RenderGraphs | None, seeds=(0, 1)) -> SourceSet:
