@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -31,10 +32,14 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iwcodec import __version__, native_logs
 from iwcodec.errors import BackendUnavailableError, IWCodecError, UsageError
 from iwcodec.outputs import check_output
+
+if TYPE_CHECKING:
+    from sender.keyframes import KeyframePolicy
 
 EXIT_ERROR = 2
 
@@ -124,6 +129,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-frames", type=_frames, default=None, help="encode only the first N frames"
+    )
+    p.add_argument(
+        "--keyframes",
+        choices=("one", "fixed", "quality", "budget"),
+        default="quality",
+        help="when to send further keyframes: where the pose drifts more than "
+        "--keyframe-distance pixels from every keyframe, e.g. another person (quality, the "
+        "default), that within a keyframe budget of --keyframe-kbps (budget), every "
+        "--keyframe-interval seconds (fixed), or never (one); a face that comes back after "
+        "frames without one always gets one (docs/usage.md, Keyframes)",
+    )
+    p.add_argument(
+        "--keyframe-interval", type=float, default=10.0, help="seconds, for --keyframes fixed"
+    )
+    p.add_argument(
+        "--keyframe-distance",
+        type=float,
+        default=None,
+        help="pose distance in crop pixels that triggers a keyframe (quality, budget; "
+        "default: sender.keyframes.DEFAULT_MAX_DISTANCE)",
+    )
+    p.add_argument(
+        "--keyframe-kbps", type=float, default=2.0, help="keyframe budget, for --keyframes budget"
+    )
+    p.add_argument(
+        "--keyframe-set",
+        type=int,
+        default=4,
+        help="keyframes the receiver keeps and frames pick from, 1..16 (default 4)",
     )
     p.add_argument(
         "--no-face",
@@ -560,10 +594,30 @@ def cmd_encode(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         no_face=Fill[args.no_face.upper()],
         progress=not args.quiet,
+        keyframe_policy=keyframe_policy(args),
+        keyframe_set=args.keyframe_set,
     )
     stats = encode_file(args.input, args.output, load(args), options)
     print(f"{args.output}: {stats.summary()}")
     return 0
+
+
+def keyframe_policy(args: argparse.Namespace) -> Callable[[], KeyframePolicy] | None:
+    """The keyframe policy of ``iwcodec encode``'s options (None: one keyframe per face);
+    built once here so that a bad value is refused before the model loads."""
+    from sender import keyframes as kf
+
+    distance = kf.DEFAULT_MAX_DISTANCE if args.keyframe_distance is None else args.keyframe_distance
+    make: Callable[[], KeyframePolicy] | None = {
+        "one": None,
+        "fixed": functools.partial(kf.IntervalKeyframes, args.keyframe_interval),
+        "quality": functools.partial(kf.QualityKeyframes, distance),
+        "budget": functools.partial(kf.BudgetKeyframes, args.keyframe_kbps, distance),
+    }[args.keyframes]
+    if make is not None:
+        make()
+    kf.KeyframeSet(args.keyframe_set)  # refuses a bad size
+    return make
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
