@@ -28,6 +28,7 @@ The peer connection is not this module's business: :meth:`CallSender.run` writes
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -44,6 +45,7 @@ from iwcodec.errors import InputError
 from sender.core import NO_FACE_SECONDS, Face
 from sender.crop import CropConfig, FaceTracker, cut_square
 from sender.encoder import EncodeOptions, detect_batch, entropy_model, send_core, stream_params
+from sender.keyframes import BudgetKeyframes
 from sender.live import (
     DEFAULT_AUDIO_BITRATE,
     DEFAULT_AUDIO_FRAME_MS,
@@ -66,6 +68,15 @@ def auto_frames_per_message(fps: float, max_rate: float = MAX_MESSAGES_PER_SECON
     return max(1, math.ceil(fps / max_rate - 1e-9))
 
 
+#: Keyframe budget of a call: with the keypoints (about 3-4 kbps) and the framing, the data
+#: channels stay under 16 kbps; a face that changes (another person, pose distance over
+#: ``sender.keyframes.DEFAULT_MAX_DISTANCE``) gets a keyframe at once when the budget holds one.
+CALL_KEYFRAME_KBPS = 4.0
+CALL_CODING = EncodeOptions(
+    keyframe_policy=functools.partial(BudgetKeyframes, CALL_KEYFRAME_KBPS), keyframe_set=4
+)
+
+
 @dataclass(frozen=True)
 class SendOptions:
     """Settings of the sending half.
@@ -75,14 +86,16 @@ class SendOptions:
             :func:`auto_frames_per_message` for the input's frame rate (3 at 25-30 fps).
         coding: the stream's coding, as for files (``sender.encoder.EncodeOptions``: keyframe
             codec and quality, quantization, prior table, resync period on a clean path, what
-            the receiver shows without a face); its file-only fields are not used.
+            the receiver shows without a face, the keyframe policy and set); its file-only
+            fields are not used. By default (:data:`CALL_CODING`) keyframes follow the quality
+            policy within a budget of :data:`CALL_KEYFRAME_KBPS`.
         resilient_seconds: after a reported loss, every unit is a resync unit this long.
         audio_bitrate, audio_frame_ms: the Opus stream.
         timeline: keep each frame's capture time (for latency measurements).
     """
 
     frames_per_message: int | None = None
-    coding: EncodeOptions = EncodeOptions()
+    coding: EncodeOptions = CALL_CODING
     resilient_seconds: float = 10.0
     audio_bitrate: int = DEFAULT_AUDIO_BITRATE
     audio_frame_ms: int = DEFAULT_AUDIO_FRAME_MS

@@ -244,9 +244,11 @@ class QualityKeyframes:
 @dataclass
 class BudgetKeyframes:
     """The quality policy within a keyframe budget: ``kbps`` of keyframe bytes accrue in a
-    bucket (at most ``burst`` keyframes' worth of the last one's size); a keyframe is due when
+    bucket of at most ``burst`` keyframes (the size of the last one); a keyframe is due when
     the estimate crosses ``max_distance`` and the bucket holds as many bytes as the last
-    keyframe cost."""
+    keyframe cost. The bucket starts full (the stream's first keyframe leaves ``burst - 1`` in
+    it), so a face that changes early in a call still gets its keyframe at once; over a long
+    stream keyframes cost at most ``kbps`` plus ``burst`` keyframes."""
 
     kbps: float
     max_distance: float = DEFAULT_MAX_DISTANCE
@@ -272,6 +274,8 @@ class BudgetKeyframes:
 
     def sent(self, index: int, t: float, nbytes: int) -> None:
         self._fill(t)
+        if not self._last_bytes:  # the first keyframe: the bucket was full
+            self._bucket = self.burst * nbytes
         self._bucket -= nbytes
         self._last_bytes = nbytes
 
