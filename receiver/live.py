@@ -15,8 +15,8 @@ event loop, which only enqueues them) and, on its own thread:
    the same units). When rendering is slower than the stream (the full model on a CPU), older
    frames are skipped and the newest ones shown: a lower frame rate, never a growing delay.
 
-Rendered frames go back to the loop, where :class:`Playout` spaces them out at the stream's
-own rate (bundled frames arrive together) and the call shows and records them.
+Rendered frames go back to the loop, where the call (``iwcodec.call.playout``) spaces them out
+at the stream's own rate (bundled frames arrive together), shows and records them.
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
 from bitstream import (
-    TIMESCALE,
     Fill,
     KeyframePacer,
     KeyframeUnit,
@@ -48,10 +46,9 @@ from bitstream import (
     parse_packet,
 )
 from codec.model import ImplicitWarpingModel
-from iwcodec.errors import BitstreamError, CallError, IWCodecError, ModelMismatchError
+from iwcodec.errors import BitstreamError, CallError, ModelMismatchError
 from receiver.decoder import find_entropy_model
 from receiver.sources import SourceSet
-from receiver.writer import VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -377,112 +374,3 @@ class LiveReceiver:
             self.loop.call_soon_threadsafe(self.on_frame, frame)
         except RuntimeError:  # the loop is gone: the call ended
             pass
-
-
-class Playout:
-    """When to show each rendered frame: at ``base + pts``, with ``base`` a high percentile of
-    recent ``ready - pts`` plus a margin.
-
-    Frames bundled into one message are ready together; showing frame i at ``base + pts_i``
-    spreads them out at the stream's own rate. ``base`` rises at once when frames start coming
-    later and creeps down when the path gets faster, so the latency follows the path without
-    jerky motion. The percentile (not the maximum) keeps one stalled frame (a CPU hiccup) from
-    setting everyone's delay; that frame is shown as soon as it is ready. At 90 the first
-    frame of each bundle (which waited longest) still sets the delay for bundles of up to 9.
-    """
-
-    def __init__(
-        self,
-        window: float = 2.0,
-        percentile: float = 90.0,
-        margin: float = 0.004,
-        decay: float = 0.02,
-    ) -> None:
-        self.window = window
-        self.percentile = percentile
-        self.margin = margin
-        self.decay = decay
-        self.base: float | None = None
-        self._seen: deque[tuple[float, float]] = deque()  # (ready, ready - pts)
-
-    def due(self, ready: float, pts: int) -> float:
-        """Display time (``time.time()`` clock) of a frame ready at ``ready``: never before
-        ``ready`` (a frame later than the percentile is shown as soon as it is ready)."""
-        pts_s = pts / TIMESCALE
-        self._seen.append((ready, ready - pts_s))
-        while self._seen and self._seen[0][0] < ready - self.window:
-            self._seen.popleft()
-        delays = np.fromiter((d for _, d in self._seen), np.float64, len(self._seen))
-        target = float(np.percentile(delays, self.percentile)) + self.margin
-        if self.base is None or target > self.base:
-            self.base = target
-        else:
-            self.base += self.decay * (target - self.base)
-        return max(ready, self.base + pts_s)
-
-
-class Recorder:
-    """Writes the shown frames to a video file on its own thread, at the remote stream's rate.
-
-    Frames that were never shown (lost, skipped) repeat the picture before them, so the file
-    keeps the stream's timing; a jump of more than ``max_hold`` frames is not filled.
-    """
-
-    def __init__(self, path: str | Path, max_hold_seconds: float = 10.0) -> None:
-        self.path = Path(path)
-        self.max_hold_seconds = max_hold_seconds
-        self._queue: queue.Queue[tuple[int, np.ndarray] | None] = queue.Queue(maxsize=256)
-        self._writer: VideoWriter | None = None
-        self._thread: threading.Thread | None = None
-        self._fps: Fraction | None = None
-        self.error: IWCodecError | None = None
-        self.frames = 0
-        self.dropped = 0
-
-    def open(self, width: int, height: int, fps: Fraction) -> None:
-        self._writer = VideoWriter(self.path, width, height, fps)
-        self._fps = fps
-        self._thread = threading.Thread(target=self._run, name="iwcodec-record", daemon=True)
-        self._thread.start()
-
-    @property
-    def is_open(self) -> bool:
-        return self._writer is not None
-
-    def add(self, index: int, rgb: np.ndarray) -> None:
-        try:
-            self._queue.put_nowait((index, rgb))
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        assert self._writer is not None and self._fps is not None
-        max_hold = int(self.max_hold_seconds * float(self._fps))
-        last: tuple[int, np.ndarray] | None = None
-        try:
-            while (item := self._queue.get()) is not None:
-                index, rgb = item
-                if last is not None and 1 < index - last[0] <= max_hold:
-                    for _ in range(index - last[0] - 1):
-                        self._writer.write(last[1])
-                        self.frames += 1
-                self._writer.write(rgb)
-                self.frames += 1
-                last = item
-        except IWCodecError as exc:
-            self.error = exc
-            self._writer.abort()
-
-    def close(self) -> Path | None:
-        """Finish the file (it appears under its name only now); None if nothing was written."""
-        if self._writer is None:
-            return None
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(30)
-        if self.error is not None:
-            raise self.error
-        if self.frames == 0:
-            self._writer.abort()
-            return None
-        return self._writer.close()

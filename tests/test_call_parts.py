@@ -26,11 +26,12 @@ from bitstream.synthetic import synthetic_track
 from iwcodec.call import control
 from iwcodec.call.loopback import tiny_model
 from iwcodec.call.negotiation import PROTOCOL, check_peer
+from iwcodec.call.playout import Playout
 from iwcodec.call.rtc import datagram_kind, parse_ice_server, rtc_configuration
 from iwcodec.errors import CallError
 from iwcodec.keyframe import encode_keyframe
 from receiver.decoder import Decoder
-from receiver.live import LiveReceiver, Playout
+from receiver.live import LiveReceiver
 from sender.call import auto_frames_per_message
 from sender.core import Face, SendCore
 from sender.encoder import EncodeOptions, entropy_model, stream_params
