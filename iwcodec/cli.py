@@ -13,6 +13,7 @@
     iwcodec entropy refit CACHE --out D refit the keypoint entropy tables to the detector
     iwcodec cache pack|unpack ...       a crop cache packed small for upload, and back
     iwcodec fuzz --inputs N             mutation-fuzz the stream parser and decoder
+    iwcodec bench --out DIR             what a frame costs: receiver stages, many streams, sender
 
 Every :class:`IWCodecError` is printed as ``iwcodec: error: <message>`` with exit status 2 and
 no traceback; :class:`BitstreamWarning` s as ``iwcodec: warning: <message>`` lines. Usage and
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path(".cache/fuzz"), help="where bad inputs are saved"
     )
+    _bench_parser(sub)
     return parser
 
 
@@ -888,6 +890,80 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """Comma-separated whole numbers >= 1, e.g. "1,10,100"."""
+    try:
+        values = tuple(_whole(1)(n) for n in _names(text))
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated whole numbers >= 1, got {text!r}"
+        )
+    return values
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="what a frame costs: receiver stages, many streams on one GPU, the sender",
+        description="Times the receiver per frame (keypoint decode, render per stage, copy to "
+        "the host; eager and from CUDA graphs), many concurrent streams rendered in shared "
+        "batches, and the sender's stages (face tracking, keypoint detector, coding), then "
+        "writes DIR/bench_<device>.json and prints a table (docs/performance.md).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for the JSON report")
+    p.add_argument("--name", default=None, help="report file name (default bench_<device>.json)")
+    p.add_argument("--smoke", action="store_true", help="tiny random model, tiny sizes (CI)")
+    p.add_argument("--parts", type=_names, default=None, help="receiver,streams,sender (all)")
+    p.add_argument("--sources", type=_counts, default=None, help="keyframes per frame (1,3)")
+    p.add_argument("--batch", type=_whole(1, 256), default=None, help="batched size (8)")
+    p.add_argument("--reps", type=_whole(1), default=None, help="timed calls per case (200)")
+    p.add_argument("--frames", type=_whole(1), default=None, help="synthetic stream (300)")
+    p.add_argument("--streams", type=_counts, default=None, help="concurrent streams (1,10,100)")
+    p.add_argument("--max-batch", type=_whole(1, 256), default=None, help="frames/call (32)")
+    p.add_argument("--stream-seconds", type=_seconds, default=None, help="per setting (2)")
+    p.add_argument("--live-seconds", type=_seconds, default=None, help="sender live run (10)")
+    p.add_argument("--threads", type=_whole(1, 256), default=None, help="torch CPU threads")
+    p.add_argument("--clip", type=Path, default=None, help="sender input (the bundled sample)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (GPU)")
+    p.add_argument("--no-profile", action="store_true", help="no kernel time per stage")
+    _model_options(p)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from eval.bench import BenchOptions, format_table, run_bench, smoke_model, write_report
+
+    chosen = {
+        "parts": args.parts,
+        "sources": args.sources,
+        "batch": args.batch,
+        "reps": args.reps,
+        "frames": args.frames,
+        "streams": args.streams,
+        "max_batch": args.max_batch,
+        "stream_seconds": args.stream_seconds,
+        "live_seconds": args.live_seconds,
+        "threads": args.threads,
+        "clip": args.clip,
+        "compile": args.compile or None,
+        "profile": False if args.no_profile else None,
+    }
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    device = resolve_device(args.device)
+    if args.smoke:
+        model, weights = smoke_model(device)
+        options = BenchOptions.smoke(**overrides)
+    else:
+        model = load(args)
+        weights = str(model.weights_path)
+        options = BenchOptions(**overrides)
+    report = run_bench(model, options, weights)
+    print(format_table(report))
+    print(f"wrote {write_report(report, args.out, args.name)}")
+    return 0
+
+
 COMMANDS = {
     "encode": cmd_encode,
     "decode": cmd_decode,
@@ -900,6 +976,7 @@ COMMANDS = {
     "entropy": cmd_entropy,
     "cache": cmd_cache,
     "fuzz": cmd_fuzz,
+    "bench": cmd_bench,
 }
 
 

@@ -3,7 +3,7 @@
 Why: at 256 px (q = 4096, k = 4096 N + 400, D = 128) the autotuner's choice changed from one
 process to the next and with it the kernel's time (0.15 to 0.39 ms over five fresh processes,
 results/attention_spread/). The forward therefore launches a fixed configuration at the
-shapes the codec runs, chosen once by ``python -m benchmarks.attention --tune`` from the
+shapes the codec runs, chosen once by ``python -m benchmarks.tune`` from the
 median over several fresh processes, and committed here as data
 (``kernels/pinned_table.py``). Shapes outside the table keep the autotuner.
 

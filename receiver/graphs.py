@@ -84,11 +84,14 @@ def eager_replay(body: Callable[[], Outputs], pool: object) -> tuple[Outputs, Ca
 
 
 def render_body(
-    model: ImplicitWarpingModel, src: SourceFeatures, keypoints: torch.Tensor
+    model: ImplicitWarpingModel, src: SourceFeatures, keypoints: torch.Tensor, bf16: bool = False
 ) -> Outputs:
     """The captured work: keypoints (B, K, 3) rows (x, y, strength) -> rgb (B, H, W, 3) uint8
-    (rounded like ``receiver.sources.to_uint8``) and whether every rendered value was finite."""
-    images = model.render(src, keypoints[..., :2], keypoints[..., 2])  # (B, 3, H, W)
+    (rounded like ``receiver.sources.to_uint8``) and whether every rendered value was finite.
+    ``bf16``: under bfloat16 autocast (measured beside float32; not the receive core's)."""
+    autocast = torch.autocast(keypoints.device.type, dtype=torch.bfloat16, enabled=bf16)
+    with autocast:
+        images = model.render(src, keypoints[..., :2], keypoints[..., 2])  # (B, 3, H, W)
     finite = torch.isfinite(images).all()
     rgb = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
     return rgb.permute(0, 2, 3, 1).contiguous(), finite
@@ -119,6 +122,8 @@ class RenderGraphs:
         capture: how to capture (:func:`cuda_graph`; tests: :func:`eager_replay`).
         max_graphs: graphs kept at once (least recently used dropped).
         max_batch: larger batches are not captured (:meth:`takes` says False).
+        bf16: render under bfloat16 autocast (benchmarks; the receive core renders float32,
+            the eager path's pixels).
     """
 
     def __init__(
@@ -128,8 +133,10 @@ class RenderGraphs:
         capture: Capture = cuda_graph,
         max_graphs: int = 8,
         max_batch: int = 16,
+        bf16: bool = False,
     ) -> None:
         self.model = model
+        self.bf16 = bf16
         self.capture = capture
         self.max_graphs = max_graphs
         self.max_batch = max_batch
@@ -209,7 +216,7 @@ class RenderGraphs:
         static_kp = padded.to(self.device)
         try:
             outputs, replay = self.capture(
-                lambda: render_body(self.model, src, static_kp), self._pool
+                lambda: render_body(self.model, src, static_kp, self.bf16), self._pool
             )
         except RuntimeError as exc:  # not capturable here (CUDA errors are RuntimeErrors): eager
             self.broken = f"{type(exc).__name__}: {exc}"
