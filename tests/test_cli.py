@@ -66,6 +66,32 @@ def test_encode_prints_the_rate_split(capsys, work, clip, weights) -> None:
     assert re.search(r"keyframe [\d.]+ \(\d+ B\) \+ keypoints [\d.]+", stdout)
 
 
+def test_encode_keyframe_policies(capsys, work, clip, weights) -> None:
+    """Every --keyframes choice writes a stream (fixed at 0.2 s: a keyframe every 5 frames of
+    the 25 fps clip), and a bad parameter is a user error before any work."""
+    counts = {}
+    for policy, extra in [
+        ("one", []),
+        ("quality", []),
+        ("budget", ["--keyframe-kbps", "50"]),
+        ("fixed", ["--keyframe-interval", "0.2"]),
+    ]:
+        out = work / f"kf-{policy}.iwc"
+        status, _, err = run(
+            capsys, "encode", clip, "-o", out, "--weights", weights, "--quiet",
+            "--keyframes", policy, *extra,
+        )  # fmt: skip
+        assert status == 0, err
+        counts[policy] = sum(1 for r in scan_stream(out) if type(r.unit).__name__ == "KeyframeUnit")
+    assert counts["one"] == 1 and counts["fixed"] == 4  # frames 0, 5, 10, 15
+    for bad in (["--keyframe-kbps", "0", "--keyframes", "budget"], ["--keyframe-set", "17"]):
+        status, _, err = run(
+            capsys, "encode", clip, "-o", work / "bad.iwc", "--weights", weights, *bad
+        )
+        assert_user_error(status, err)
+    assert not (work / "bad.iwc").exists()
+
+
 def test_decode_writes_the_video(capsys, work, encoded, weights) -> None:
     out = work / "decoded.mp4"
     status, stdout, _ = run(capsys, "decode", encoded, "-o", out, "--weights", weights, "--quiet")
