@@ -15,9 +15,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from _call import needs_host_address, one_torch_thread
 
-from bitstream import KeyframeUnit, ParamsUnit, parse_packet
+from bitstream import KeyframeUnit, KeypointUnit, ParamsUnit, parse_packet
 from iwcodec.call import control
 from iwcodec.call.halves import CallHooks
 from iwcodec.call.loopback import SAMPLE, TOKEN, Peer, run_pair, tiny_model
@@ -26,8 +27,10 @@ from iwcodec.call.media import SenderLink
 from iwcodec.call.session import CallOptions, run_call
 from iwcodec.call.signaling import SignalingClient, SignalingServer
 from iwcodec.errors import CallError
+from iwcodec.keyframe import decode_keyframe
 from receiver.decoder import Decoder
 from sender.call import CallSender, SendOptions
+from sender.encoder import crop_input
 from sender.live import FileSource
 
 CALL_SECONDS = 6.0
@@ -243,3 +246,96 @@ def test_a_hostile_peer_does_not_break_the_call(model):
     # frames kept coming after the last piece of garbage
     after = [t for t in shown_at if t > hostile.last_injection + 0.5]
     assert len(after) > 20, f"{len(after)} frames shown after the garbage stopped"
+
+
+class ColourKeypoints(torch.nn.Module):
+    """Stands in for the keypoint detector on the sending side: every keypoint moves along x
+    with the crop's mean colour, from -0.6 for person A's colours to +0.6 for person B's. The
+    tiny random detector's keypoints do not tell two people apart; this one does, from the
+    pixels the sender really captured, so the keyframe policy sees the change when the picture
+    changes (same weights id and config as ``model``, so the far side accepts the stream)."""
+
+    def __init__(self, model, colour_a: np.ndarray, colour_b: np.ndarray) -> None:
+        super().__init__()
+        self.model, self.cfg, self.weights_id = model, model.cfg, model.weights_id
+        self.a = torch.tensor(colour_a, dtype=torch.float32)  # (3,) mean RGB in [0, 1]
+        self.axis = torch.tensor(colour_b - colour_a, dtype=torch.float32)
+        k = model.cfg.num_kp
+        self.offsets = torch.stack([torch.zeros(k), torch.linspace(-0.5, 0.5, k)], -1)  # (K, 2)
+
+    def parameters(self, recurse: bool = True):
+        return self.model.parameters(recurse)
+
+    def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = image.float().mean(dim=(2, 3)).cpu()  # (B, 3)
+        u = ((mean - self.a) @ self.axis) / (self.axis @ self.axis)  # (B,): 0 for A, 1 for B
+        x = (-0.6 + 1.2 * u).clamp(-0.9, 0.9)
+        kp = self.offsets[None].repeat(len(x), 1, 1)  # (B, K, 2)
+        kp[..., 0] += x[:, None]
+        return kp, torch.full(kp.shape[:2], 0.5)
+
+
+def joined_clip(path: Path, frames_each: int) -> Path:
+    """The bundled sample (person A) then the demo clip (person B), at 35 fps, no gap."""
+    demo = SAMPLE.with_name("demo.mp4")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=35)
+        stream.width = stream.height = 256
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "12"}
+        for source in (SAMPLE, demo):
+            with av.open(str(source)) as src:
+                for i, frame in enumerate(src.decode(video=0)):
+                    if i == frames_each:
+                        break
+                    rgb = frame.to_ndarray(format="rgb24")
+                    new = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv444p")
+                    out.mux(stream.encode(new))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.mark.slow
+def test_a_new_person_mid_call_gets_a_keyframe_within_half_a_second(model, tmp_path):
+    """Person A, then person B without a gap (issue 19): the sender's default keyframe policy
+    sends a keyframe of B within 0.5 s of the change; the far side shows B's frames rebuilt from
+    it (equal to the offline decode of the sent units; the units name B's keyframe, beside A's
+    while it is among the 3 nearest), and when the clip loops back to A, A's keyframe is still
+    in the set: no third keyframe."""
+    n = 60  # frames of each person
+    clip = joined_clip(tmp_path / "ab.mp4", n)
+    crops = crop_input(clip, model.cfg.image_size).frames.astype(np.float64) / 255
+    colour_a, colour_b = crops[:n].mean(axis=(0, 1, 2)), crops[n:].mean(axis=(0, 1, 2))
+    detector = ColourKeypoints(model, colour_a, colour_b)
+    sent: list[tuple[str, bytes]] = []
+    shown: dict[int, np.ndarray] = {}
+    a = Peer(model, input=clip, hooks=CallHooks(on_sent=lambda ch, d: sent.append((ch, d))))
+    b = Peer(model, hooks=CallHooks(on_shown=lambda f, t: shown.__setitem__(f.index, f.rgb)))
+    sender_a = CallSender(detector, FileSource(clip), None, SendOptions())
+    ra, rb = asyncio.run(run_pair(a, b, 5.0, senders=(sender_a, b.sender())))
+    assert not isinstance(ra, BaseException), ra
+    assert not isinstance(rb, BaseException), rb
+
+    units = [u for ch, d in sent if ch in ("kf", "kp") for u in parse_packet(d)]
+    keyframes = [u for u in units if isinstance(u, KeyframeUnit)]
+    assert len(keyframes) == 2, [k.frame_index for k in keyframes]
+    first, second = keyframes
+    assert first.frame_index < n <= second.frame_index <= n + 35 // 2  # within 0.5 s
+    picture = decode_keyframe(second.data, second.codec).astype(np.float64) / 255
+    colour = picture.mean(axis=(0, 1))
+    assert np.linalg.norm(colour - colour_b) < np.linalg.norm(colour - colour_a)  # B's face
+    after = [
+        u
+        for u in units
+        if isinstance(u, KeypointUnit) and second.frame_index <= u.first_index < 2 * n
+    ]
+    assert after and all(second.keyframe_id in u.refs for u in after)
+    looped = [u for u in units if isinstance(u, KeypointUnit) and u.first_index >= 2 * n + 5]
+    assert looped and all(first.keyframe_id in u.refs for u in looped)  # A again: its own
+
+    decoder = Decoder(model, units[0], batch_size=1)
+    offline = {f.index: f.rgb for u in units[1:] for f in decoder.push(u) if not f.held}
+    of_b = [i for i in shown if second.frame_index <= i < 2 * n]
+    assert len(of_b) >= 5, f"only {len(of_b)} frames of person B shown"
+    for i in of_b:
+        assert np.array_equal(shown[i], offline[i])
