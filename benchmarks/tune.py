@@ -1,6 +1,6 @@
 """Pin the fused attention forward's launch at the codec's shapes (kernels/pinned.py).
 
-    python -m benchmarks.tune --out DIR --processes 5 --write-table    # GPU, ~2-3 min
+    python -m benchmarks.tune --out DIR --processes 5 --write-table    # GPU, ~2.5 min
     python -m benchmarks.tune --out DIR --smoke                        # plumbing; CPU interpreter
 
 Why fresh processes: the autotuner's choice at 256 px changed from one process to the next
@@ -44,14 +44,12 @@ from benchmarks.attention import environment, slug
 from kernels import pinned
 
 EXTRAS = 400
-TILES = (  # (BLOCK_M, BLOCK_N, warps, stages): docs/kernels.md's sm_90 list and two more
+TILES = (  # (BLOCK_M, BLOCK_N, warps, stages): the spill-free sm_90 list of docs/kernels.md
     (128, 64, 8, 2),
     (128, 64, 8, 3),
     (64, 64, 4, 2),
     (64, 64, 8, 2),
     (64, 32, 4, 3),
-    (128, 32, 8, 2),
-    (32, 64, 4, 2),
 )
 SPLITS = {4096: (1, 2, 4, 8), 16384: (1, 2)}
 TOLERANCE = {"float32": 5e-3, "bfloat16": 1.5e-2, "float16": 3e-3}
@@ -151,8 +149,7 @@ def compile_worker(args: argparse.Namespace) -> int:
     """Run each candidate of this slice once (its compile lands in triton's disk cache)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     index, count = args.slice
-    jobs = [(s, c) for s in shapes(args.smoke) for c in _compile_set(s, args.smoke)]
-    for shape, cand in jobs[index::count]:
+    for shape, cand in _compile_jobs(args.smoke)[index::count]:
         ins = make_inputs(shape, device)
         try:
             run(ins, cand)
@@ -163,14 +160,17 @@ def compile_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile_set(shape: Shape, smoke: bool) -> list[pinned.PinnedLaunch]:
-    """One candidate per compiled variant: the tile, split or not (lengths are no constexpr)."""
+def _compile_jobs(smoke: bool) -> list[tuple[Shape, pinned.PinnedLaunch]]:
+    """One (shape, candidate) per compiled variant: the tile, split or not, the widths and the
+    dtype (lengths are no constexpr), so no two workers compile the same kernel."""
     seen, out = set(), []
-    for c in candidates(shape, smoke):
-        key = (c.block_m, c.block_n, c.num_warps, c.num_stages, c.num_splits > 1)
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
+    for shape in shapes(smoke):
+        for c in candidates(shape, smoke):
+            tile = (c.block_m, c.block_n, c.num_warps, c.num_stages, c.num_splits > 1)
+            key = (*tile, shape.d, shape.dv, shape.dp, shape.dtype)
+            if key not in seen:
+                seen.add(key)
+                out.append((shape, c))
     return out
 
 
