@@ -19,7 +19,7 @@ from bitstream.keypoints import (
     encode_track,
 )
 from bitstream.pacing import KeyframePacer
-from bitstream.quant import CANDIDATE_STEPS, dequantize, quantize, reconstruct
+from bitstream.quant import CANDIDATE_STEPS, dequantize, quantize, requantize
 from bitstream.stream import StreamWriter, UnitRecord, read_units, scan_stream
 from bitstream.units import (
     KEYFRAME_SLOTS,
@@ -76,6 +76,6 @@ __all__ = [
     "parse_unit",
     "quantize",
     "read_units",
-    "reconstruct",
+    "requantize",
     "scan_stream",
 ]

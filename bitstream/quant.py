@@ -49,6 +49,6 @@ def dequantize(q: np.ndarray, xy_steps: int, s_steps: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def reconstruct(keypoints: np.ndarray, xy_steps: int, s_steps: int) -> np.ndarray:
+def requantize(keypoints: np.ndarray, xy_steps: int, s_steps: int) -> np.ndarray:
     """What the receiver will decode for ``keypoints``: ``dequantize(quantize(...))``."""
     return dequantize(quantize(keypoints, xy_steps, s_steps), xy_steps, s_steps)

@@ -10,7 +10,7 @@ of three reconstructions, frame-weighted over the clips:
   ceiling of the synthesis path (keypoints -> attention -> decoder) on these faces: what the
   model loses even with perfect motion transfer;
 - with ``steps``, ``1src-<name>`` for each keypoint quantization of ``CANDIDATE_STEPS``: as
-  ``1src``, with the keypoints the receiver decodes (``bitstream.reconstruct``), so the
+  ``1src``, with the keypoints the receiver decodes (``bitstream.requantize``), so the
   difference to ``1src`` is what the quantization costs these weights (issue #2: the default
   must lose at most 0.1 dB; weights that follow the keypoints more closely lose more).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitstream import CANDIDATE_STEPS, reconstruct
+from bitstream import CANDIDATE_STEPS, requantize
 from codec import inference
 from codec.data import Clip, load_crop_cache
 from codec.weights import load_model
@@ -71,7 +71,7 @@ def quantized_reconstruction(
         part = inference.to_images(frames[targets[start : start + chunk]], device)
         kp, strength = model.detect(part)
         raw = torch.cat([kp, strength[..., None]], -1).float().cpu().numpy()  # (B, K, 3)
-        q = torch.from_numpy(reconstruct(raw, xy_steps, s_steps)).float().to(device)
+        q = torch.from_numpy(requantize(raw, xy_steps, s_steps)).float().to(device)
         out.append(inference.to_uint8(model.render(features, q[..., :2], q[..., 2]).clamp(0, 1)))
     return np.concatenate(out)
 

@@ -24,7 +24,7 @@ from bitstream import (
     fit_prior,
     load_prior,
     quantize,
-    reconstruct,
+    requantize,
 )
 from bitstream.entropy import SymbolDecoder, SymbolEncoder
 from bitstream.synthetic import example_params, synthetic_track
@@ -74,7 +74,7 @@ def test_quantization_is_exact_and_idempotent(name):
         [np.arange(n) % (xy + 1), np.arange(n)[::-1] % (xy + 1), np.arange(n) % (s + 1)], -1
     )
     assert np.array_equal(quantize(dequantize(all_q, xy, s), xy, s), all_q)
-    assert np.array_equal(reconstruct(back, xy, s), back)
+    assert np.array_equal(requantize(back, xy, s), back)
 
 
 def test_quantize_clips_and_refuses_nan():
@@ -96,7 +96,7 @@ def roundtrip(track, params, model, frames_per_unit, resync_period=60, refs=(0,)
     assert sorted(decoded) == [f.index for f in frames]
     for f in frames:
         d = decoded[f.index]
-        want = reconstruct(f.keypoints, params.xy_steps, params.s_steps)
+        want = requantize(f.keypoints, params.xy_steps, params.s_steps)
         assert np.array_equal(d.keypoints, want), f.index
         assert d.pts == f.pts and d.refs == f.refs
     return units
@@ -209,7 +209,7 @@ def test_lossy_channel_recovers_at_next_resync(model):
     last = kept[-1].first_index + kept[-1].count
     assert lost == set(range(last)) - expected  # every index accounted for exactly once
     for i, f in decoded.items():
-        want = reconstruct(frames[i].keypoints, params.xy_steps, params.s_steps)
+        want = requantize(frames[i].keypoints, params.xy_steps, params.s_steps)
         assert np.array_equal(f.keypoints, want)
 
 

@@ -125,7 +125,7 @@ def test_quantized_runs_cost_what_the_quantization_costs(tmp_path, capsys, monke
     assert list(mean) == [*RUNS, *STEP_RUNS]
     assert mean["1src-coarse"]["psnr"] != mean["1src"]["psnr"]
     # with keypoints that come back as they went, each quantized run is the 1src run
-    monkeypatch.setattr(compare_weights, "reconstruct", lambda kp, xy_steps, s_steps: kp)
+    monkeypatch.setattr(compare_weights, "requantize", lambda kp, xy_steps, s_steps: kp)
     assert main([*argv, "--quantized", "--json", str(out)]) == 0
     mean = json.loads(out.read_text())["weights"][str(a)]["mean"]
     for run in STEP_RUNS:

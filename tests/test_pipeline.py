@@ -28,7 +28,7 @@ from bitstream import (
     StreamWriter,
     TruncatedStreamError,
     read_units,
-    reconstruct,
+    requantize,
     scan_stream,
 )
 from codec.model import ImplicitWarpingModel
@@ -143,7 +143,7 @@ def test_decoder_renders_from_the_decoded_keyframe_and_quantized_keypoints(
         drv = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 255
         kp, s = model.detect(drv)
         kp[key.frame_index], s[key.frame_index] = kp_s[0], s_s[0]
-        q = reconstruct(
+        q = requantize(
             torch.cat([kp, s[..., None]], -1).numpy(), params.xy_steps, params.s_steps
         )  # (T, K, 3) what the receiver sees
         q = torch.from_numpy(q)
