@@ -15,10 +15,14 @@ the keyframe pacing allows), keypoint units, NO_FACE units, resync units (period
 or all of them while a call is losing packets). It holds the stream's state (keypoint coder,
 keyframe ids, the frames waiting to be cut into a unit) and cuts units with
 ``bitstream.UnitCutter``: at a fixed number of frames, at a face / no-face switch, at a
-keyframe and where indices jump. The callers only say *which* frames have a face and when they
-want a keyframe: :func:`face_mask` and the keyframe indices for a whole file (misses shorter
-than :data:`NO_FACE_SECONDS` are bridged by the crop smoother), ``sender.call`` frame by frame
-with the receiver's requests.
+keyframe, where the refs change and where indices jump. Further keyframes follow a policy
+(``sender.keyframes``: fixed indices, an interval, a quality threshold on the pose distance to
+the nearest keyframe, a keyframe budget), asked on every face frame; the keyframes live in the
+sender's mirror of the receiver's keyframe set (``sender.keyframes.KeyframeSet``), which names
+each new keyframe's id (its slot) and each frame's refs (the 1-3 nearest in pose). The callers
+only say *which* frames have a face and when the other side wants a keyframe: :func:`face_mask`
+for a whole file (misses shorter than :data:`NO_FACE_SECONDS` are bridged by the crop
+smoother), ``sender.call`` frame by frame with the receiver's requests.
 """
 
 from __future__ import annotations
