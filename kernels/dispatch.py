@@ -34,6 +34,7 @@ from types import ModuleType
 import torch
 
 from iwcodec.errors import BackendUnavailableError, InputError
+from kernels.ops import warp_attention_compiled
 from kernels.reference import default_scale, warp_attention_reference
 
 BACKENDS = ("auto", "triton", "torch")
@@ -88,8 +89,6 @@ def _compiled(q, k, v, p, key_bias, scale, backend: str) -> Outputs:
     the compiler traces like any other torch code."""
     needs_bias_grad = key_bias is not None and key_bias.requires_grad and torch.is_grad_enabled()
     if q.is_cuda and not needs_bias_grad:
-        from kernels.ops import warp_attention_compiled
-
         return warp_attention_compiled(q, k, v, p, key_bias, scale, backend == "triton")
     return warp_attention_reference(q, k, v, p, key_bias, scale)
 
