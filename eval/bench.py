@@ -472,9 +472,11 @@ def _stream_run(
 def measure_sender(model: ImplicitWarpingModel, opts: BenchOptions) -> dict[str, object]:
     """The stages of a call's sender per frame, then live at 30 frames/s (see the docstring)."""
     try:
+        import mediapipe  # noqa: F401 - the face tracker imports it when it starts
+
         from sender.crop import CropConfig, FaceTracker, cut_square
-    except ImportError as exc:  # MediaPipe missing (e.g. a bare GPU machine)
-        return {"skipped": f"the sender cannot run here: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - missing or broken (e.g. a bare GPU machine)
+        return {"skipped": f"the sender cannot run here: {type(exc).__name__}: {exc}"}
     frames = _clip_frames(opts)
     step = _SenderStep(model, FaceTracker, CropConfig, cut_square, fps=30.0)
     times: dict[str, list[float]] = {k: [] for k in _SenderStep.STAGES}

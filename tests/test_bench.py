@@ -108,3 +108,14 @@ def test_unknown_part_is_a_usage_error(tmp_path, capsys):
     argv = ["bench", "--smoke", "--device", "cpu", "--out", str(tmp_path), "--parts", "gpu"]
     assert main(argv) == 2
     assert "unknown bench part" in capsys.readouterr().err
+
+
+def test_the_sender_part_says_why_it_cannot_run(monkeypatch, model):
+    """A bare GPU machine has no MediaPipe: the sender part is skipped with the reason."""
+    import sys
+
+    from eval.bench import BenchOptions, measure_sender
+
+    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    out = measure_sender(model, BenchOptions.smoke())
+    assert set(out) == {"skipped"} and "mediapipe" in out["skipped"]
