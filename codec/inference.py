@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codec.model import ImplicitWarpingModel
+from codec.model import ImplicitWarpingModel, SourceFeatures
+from iwcodec.errors import ModelMismatchError
 
 #: Driving keypoints (B, K, 2) and strengths (B, K) as detected -> as the receiver gets them.
 KeypointChannel = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -49,8 +50,49 @@ def to_images(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(T, 3, S, S) float in [0, 1] -> (T, S, S, 3) uint8, rounded."""
-    return (images * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    """(T, 3, S, S) float in [0, 1] -> (T, S, S, 3) uint8, clamped and rounded like
+    eval.metrics does."""
+    x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN or infinite model outputs: they would become black frames silently."""
+    if not bool(torch.isfinite(values).all()):
+        raise not_finite(what)
+
+
+def not_finite(what: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"the model's {what} contains NaN or infinite values: the weights are broken "
+        "(e.g. a diverged training run); decode with other weights (--weights)"
+    )
+
+
+@torch.inference_mode()
+def picture_source(model: ImplicitWarpingModel, rgb: np.ndarray) -> SourceFeatures:
+    """A keyframe's source features, as a receiver computes them once per keyframe: its
+    keypoints found on the picture itself, then keys / values / pixels (paper section 3,
+    "Learning queries, keys, and values"). ``rgb`` (S, S, 3) uint8 -> features of batch 1.
+    Both halves use it: the receiver's keyframe set, and a sender that renders what the
+    receiver will show."""
+    image = to_images(rgb[None], next(model.parameters()).device)  # (1, 3, S, S)
+    kp, strength = model.detect(image)  # (1, K, 2), (1, K)
+    check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
+    return model.encode_source(image, kp, strength)  # (1, L, .)
+
+
+@torch.inference_mode()
+def render_frames(
+    model: ImplicitWarpingModel, src: SourceFeatures, keypoints: np.ndarray
+) -> np.ndarray:
+    """Frames from source features (batch 1, one or more keyframes' tokens) and keypoints
+    (B, K, 3) rows (x, y, strength) -> (B, S, S, 3) uint8 (eq. 1, then the decoder)."""
+    device = next(model.parameters()).device
+    kp = torch.tensor(keypoints, device=device)  # a copy: decoded arrays may be read-only
+    images = model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, S, S)
+    check_finite(images, "rendered frames")
+    return to_uint8(images)
 
 
 @dataclass(frozen=True)

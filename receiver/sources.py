@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot
+from codec.inference import check_finite, not_finite, picture_source, render_frames, to_uint8
 from codec.model import ImplicitWarpingModel, SourceFeatures
 from iwcodec.errors import ModelMismatchError
 from receiver.audit import check_keyframe
@@ -57,25 +58,6 @@ def check_stream(model: ImplicitWarpingModel, params: ParamsUnit) -> None:
 
 def device_of(model: ImplicitWarpingModel) -> torch.device:
     return next(model.parameters()).device
-
-
-def check_finite(values: torch.Tensor, what: str) -> None:
-    """Refuse NaN or infinite model outputs: they would become black frames silently."""
-    if not bool(torch.isfinite(values).all()):
-        raise not_finite(what)
-
-
-def not_finite(what: str) -> ModelMismatchError:
-    return ModelMismatchError(
-        f"the model's {what} contains NaN or infinite values: the weights are broken "
-        "(e.g. a diverged training run); decode with other weights (--weights)"
-    )
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8, rounded like eval.metrics does."""
-    x = images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -127,11 +109,7 @@ class SourceSet:
         there. A keyframe that cannot be used (damaged image, wrong size) raises
         BitstreamError saying why, and leaves the set as it was."""
         rgb = check_keyframe(unit, self.params)  # BitstreamError: unusable
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        image = image.permute(2, 0, 1)[None].float().div_(255)  # (1, 3, H, W)
-        kp, strength = self.model.detect(image)  # (1, K, 2), (1, K)
-        check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
-        feats = self.model.encode_source(image, kp, strength)  # (1, L, .)
+        feats = picture_source(self.model, rgb)  # (1, L, .)
         rgb.setflags(write=False)
         keyframe = Keyframe(unit.keyframe_id, rgb, feats)
         self._slots[keyframe_slot(unit.keyframe_id)] = keyframe
@@ -183,10 +161,7 @@ class SourceSet:
                 if not finite:
                     raise not_finite("rendered frames")
                 return rgb
-        kp = torch.tensor(keypoints, device=self.device)  # a copy: decoded arrays may be read-only
-        images = self.model.render(src, kp[..., :2], kp[..., 2])  # (B, 3, H, W)
-        check_finite(images, "rendered frames")
-        return to_uint8(images)
+        return render_frames(self.model, src, keypoints)  # (B, H, W, 3) uint8
 
 
 __all__ = [
