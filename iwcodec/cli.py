@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyframe-kbps", type=float, default=2.0, help="keyframe budget, for --keyframes budget"
     )
     p.add_argument(
+        "--render-check",
+        action="store_true",
+        help="render every frame as the receiver will and, where the nearest keyframe is "
+        "closer to the true frame than that render, send the keyframe's own pose (the receiver "
+        "shows the keyframe given back); one render per frame, meant for a GPU",
+    )
+    p.add_argument(
         "--keyframe-set",
         type=int,
         default=4,
@@ -598,6 +605,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         keyframe_policy=keyframe_policy(args),
         keyframe_set=args.keyframe_set,
+        render_check=args.render_check,
     )
     stats = encode_file(args.input, args.output, load(args), options)
     print(f"{args.output}: {stats.summary()}")

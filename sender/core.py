@@ -49,6 +49,7 @@ from bitstream import (
 from bitstream.units import MAX_UNIT_FRAMES
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
 from sender.keyframes import KeyframePolicy, KeyframeSet
+from sender.render_check import LocalRender, psnr
 
 #: A face missing for at least this long is "no face" (a shorter miss is the detector's, not
 #: the camera's: the crop holds its box through it).
@@ -121,6 +122,10 @@ class SendCore:
         keyframes: the sender's mirror of the receiver's keyframe set: the ids of new
             keyframes and the keyframes each frame is rebuilt from (the nearest in pose);
             None: a set of 16 with 3 refs per frame.
+        local: renders each frame as the receiver will (``sender.render_check``); where the
+            decoded keyframe nearest in pose is closer to the true frame than the render, the
+            frame is sent with that keyframe's own keypoints (the receiver shows the keyframe
+            given back). Needs ``detect``. None: every frame keeps its keypoints.
 
     :meth:`start` gives the stream's first units, :meth:`frame` the units each frame
     completes, :meth:`flush` the rest, in order. Frames are cut into units by
@@ -141,6 +146,7 @@ class SendCore:
         pacer: KeyframePacer | None = None,
         policy: KeyframePolicy | None = None,
         keyframes: KeyframeSet | None = None,
+        local: LocalRender | None = None,
     ) -> None:
         if not 1 <= frames_per_unit <= MAX_UNIT_FRAMES:
             raise ValueError(f"frames per unit must be 1..{MAX_UNIT_FRAMES}, got {frames_per_unit}")
@@ -158,6 +164,10 @@ class SendCore:
             keyframes if keyframes is not None else KeyframeSet(16, image_size=params.width)
         )
         self._in_segment = False  # a face segment is on, with its keyframe sent
+        if local is not None and detect is None:
+            raise ValueError("a local render needs the detector (the receiver's keypoints)")
+        self.local = local
+        self.frames_held_to_keyframe = 0  # frames sent as their keyframe (``local``)
         #: every keypoint unit a resync unit (a call on a path that loses packets)
         self.resilient = False
         self.detect = detect
@@ -204,7 +214,7 @@ class SendCore:
             units = self._keyframe(face, index)
             if self.policy is not None:
                 self.policy.sent(index, t, len(units[-1].data))
-        return units + self._face(index, pts, face.keypoints)
+        return units + self._face(index, pts, face)
 
     def request_resync(self) -> None:
         """Make the next keypoint unit a resync unit (the receiver's chain broke)."""
@@ -230,21 +240,41 @@ class SendCore:
         keyframe_id = self.keyframes.next_id()
         units.append(KeyframeUnit(keyframe_id, index, self.keyframe_codec, image))
         self.keyframes.add(keyframe_id, keypoints, index)
+        if self.local is not None:
+            self.local.add(keyframe_id, picture, self.keyframes.ids)
         self.keyframes_sent += 1
         self.keyframe_bytes += len(image)
         self.keyframe_indices.append(index)
         self._in_segment = True
         return units
 
-    def _face(self, index: int, pts: int, keypoints: np.ndarray) -> list[Unit]:
-        """One frame with a face: keypoints (K, 3) rows (x, y, strength)."""
+    def _face(self, index: int, pts: int, face: Face) -> list[Unit]:
+        """One frame with a face: its keypoints (K, 3) rows (x, y, strength) and refs."""
         if self.needs_keyframe:
             raise ValueError(f"frame {index}: a face segment starts with a keyframe")
-        if self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index:
+        keypoints = face.keypoints
+        own = self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index
+        if own:
             keypoints = self._keyframe_keypoints[1]  # the keyframe's own frame (see _keyframe)
         refs = self.keyframes.choose_refs(keypoints, index)
+        if self.local is not None and not own:
+            keypoints, refs = self._closer_to_truth(face.crop, keypoints, refs)
         frame = KeypointFrame(index, pts, keypoints, refs)
         return self._units(self._cutter.push(frame, refs))
+
+    def _closer_to_truth(
+        self, crop: np.ndarray, keypoints: np.ndarray, refs: tuple[int, ...]
+    ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The keypoints and refs to send for a frame whose true picture is ``crop``: its own,
+        or, where the nearest keyframe's decoded picture is closer to ``crop`` than the render
+        the receiver would show, that keyframe's own keypoints with it alone (the receiver
+        then shows the keyframe given back)."""
+        rendered = self.local.render(refs, keypoints)  # (S, S, 3) uint8
+        nearest = self.keyframes.nearest(keypoints)
+        if psnr(crop, self.local.picture(nearest)) > psnr(crop, rendered):
+            self.frames_held_to_keyframe += 1
+            return self.keyframes.keypoints_of(nearest), (nearest,)
+        return keypoints, refs
 
     def _no_face(self, index: int, pts: int) -> list[Unit]:
         """One frame without a face: it ends the face segment."""

@@ -70,6 +70,7 @@ from iwcodec.outputs import check_output
 from sender.core import Face, SendCore, face_mask, frame_ticks
 from sender.crop import CropConfig, CroppedClip, crop_video, iter_crops, track_video
 from sender.keyframes import FixedKeyframes, KeyframePolicy, KeyframeSet
+from sender.render_check import LocalRender
 
 KEYFRAME_ID = 0
 
@@ -97,6 +98,9 @@ class EncodeOptions:
             frames of ``keyframe_indices``.
         keyframe_set: keyframes the receiver keeps for this stream, 1..16; new ones replace
             the least recently used (``sender.keyframes.KeyframeSet``).
+        render_check: render every frame as the receiver will, and send the nearest keyframe's
+            own pose where its decoded picture is closer to the frame than the render
+            (``sender.render_check``; one render per frame: meant for a GPU).
     """
 
     keyframe_codec: ImageCodec = DEFAULT_CODEC
@@ -114,6 +118,7 @@ class EncodeOptions:
     no_face: Fill = Fill.BLANK
     keyframe_policy: Callable[[], KeyframePolicy] | None = None
     keyframe_set: int = KEYFRAME_SLOTS
+    render_check: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ class EncodeStats:
     bytes_keypoints: int
     bytes_end: int
     no_face_frames: int = 0  # frames coded as NO_FACE units
+    frames_as_keyframe: int = 0  # sent with their keyframe's own pose (render_check)
     seconds: float = field(default=0.0, compare=False)  # wall time of the encode
 
     @property
@@ -171,6 +177,11 @@ class EncodeStats:
             f"{self.kbps_keypoints:.2f} ({per_frame:.2f} B/frame) + headers "
             f"{self.kbps(self.bytes_params + self.bytes_end):.2f}"
             + (f"; {self.no_face_frames} frames without a face" if self.no_face_frames else "")
+            + (
+                f"; {self.frames_as_keyframe} frames shown as their keyframe (render check)"
+                if self.frames_as_keyframe
+                else ""
+            )
         )
 
 
@@ -255,6 +266,7 @@ def send_core(
         pacer=pacer,
         policy=keyframe_policy(options),
         keyframes=KeyframeSet(options.keyframe_set, image_size=params.width),
+        local=LocalRender(model) if options.render_check else None,
     )
 
 
@@ -437,6 +449,7 @@ def encode_crops(
         bytes_keypoints=counts["keypoints"],
         bytes_end=counts["end"],
         no_face_frames=frames - faces,
+        frames_as_keyframe=core.frames_held_to_keyframe,
         seconds=time.perf_counter() - start,
     )
 

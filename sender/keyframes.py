@@ -143,6 +143,16 @@ class KeyframeSet:
         d = pose_distance(keypoints, np.stack([h.keypoints for h in held]), self.image_size)
         return float(d.min())
 
+    def nearest(self, keypoints: np.ndarray) -> int:
+        """The id of this face segment's keyframe nearest in pose to ``keypoints`` (K, 3)."""
+        held = self._candidates()
+        d = pose_distance(keypoints, np.stack([h.keypoints for h in held]), self.image_size)
+        return held[int(np.argmin(d))].keyframe_id
+
+    def keypoints_of(self, keyframe_id: int) -> np.ndarray:
+        """The keypoints (K, 3) the receiver finds on keyframe ``keyframe_id``."""
+        return self._held[keyframe_slot(keyframe_id)].keypoints
+
     def choose_refs(self, keypoints: np.ndarray, index: int) -> tuple[int, ...]:
         """The keyframes frame ``index`` is rebuilt from: the ``refs`` nearest in pose, in id
         order; kept while none is much nearer (:data:`REFS_HYSTERESIS`)."""

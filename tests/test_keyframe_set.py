@@ -21,6 +21,7 @@ from bitstream import (
     KEYFRAME_SLOTS,
     BitstreamWarning,
     KeyframeUnit,
+    KeypointDecoder,
     KeypointUnit,
     keyframe_slot,
     read_units,
@@ -28,7 +29,7 @@ from bitstream import (
 from codec.weights import load_model
 from iwcodec.errors import UsageError
 from iwcodec.keyframe import encode_keyframe
-from receiver.decoder import DecodeOptions, Decoder, decode_frames
+from receiver.decoder import DecodeOptions, Decoder, decode_frames, find_entropy_model
 from receiver.sources import SourceSet
 from sender.core import Face, SendCore
 from sender.encoder import EncodeOptions, crop_input, encode_frames, entropy_model, stream_params
@@ -283,3 +284,36 @@ def test_interval_policy_end_to_end_decodes_every_frame(model, clip) -> None:
     assert stats.bytes_keyframes > 0
     decoded, dstats = decode_frames(data, model, DecodeOptions(progress=False))
     assert len(decoded) == 40 and dstats.held == 0 and dstats.keyframes == len(keyframes)
+
+
+# -- the render check: never worse than the keyframe it could show --------------------------------
+
+
+def test_render_check_sends_the_keyframe_pose_where_the_keyframe_is_closer(model, clip) -> None:
+    """A still picture (every frame the keyframe's own crop): the tiny random model's render
+    is far from it, the decoded keyframe is close, so every frame after the keyframe is sent
+    with the keyframe's own keypoints and decodes to one picture. On a moving clip the count
+    the encoder reports is the number of frames whose decoded keypoints are the keyframe's."""
+    still = np.repeat(clip.frames[:1], 12, axis=0)
+    options = EncodeOptions(progress=False, render_check=True)
+    with io.BytesIO() as f:
+        stats = encode_frames(still, Fraction(25), model, f, options)
+        data = f.getvalue()
+    assert stats.frames_as_keyframe == 11
+    decoded, _ = decode_frames(data, model, DecodeOptions(progress=False))
+    assert all(np.array_equal(decoded[i], decoded[0]) for i in range(12))
+
+    with io.BytesIO() as f:
+        moving = encode_frames(clip.frames[:16], Fraction(25), model, f, options)
+        data = f.getvalue()
+    units = list(read_units(data))
+    decoder = KeypointDecoder(units[0], find_entropy_model(units[0].entropy_id))
+    frames = [fr for u in units if isinstance(u, KeypointUnit) for fr in decoder.decode(u).frames]
+    key = frames[0].keypoints  # frame 0: the keyframe's own pose
+    same = sum(np.array_equal(fr.keypoints, key) for fr in frames[1:])
+    assert same == moving.frames_as_keyframe
+    with io.BytesIO() as f:
+        plain = encode_frames(
+            clip.frames[:16], Fraction(25), model, f, EncodeOptions(progress=False)
+        )
+    assert plain.frames_as_keyframe == 0
