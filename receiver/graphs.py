@@ -87,7 +87,7 @@ def render_body(
     model: ImplicitWarpingModel, src: SourceFeatures, keypoints: torch.Tensor, bf16: bool = False
 ) -> Outputs:
     """The captured work: keypoints (B, K, 3) rows (x, y, strength) -> rgb (B, H, W, 3) uint8
-    (rounded like ``receiver.sources.to_uint8``) and whether every rendered value was finite.
+    (rounded like ``codec.inference.to_uint8``) and whether every rendered value was finite.
     ``bf16``: under bfloat16 autocast (measured beside float32; not the receive core's)."""
     autocast = torch.autocast(keypoints.device.type, dtype=torch.bfloat16, enabled=bf16)
     with autocast:
