@@ -157,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--render-check",
         action="store_true",
-        help="render every frame as the receiver will and, where the nearest keyframe is "
-        "closer to the true frame than that render, send the keyframe's own pose (the receiver "
-        "shows the keyframe given back); one render per frame, meant for a GPU",
+        help="render every frame as the receiver will and, unless that render beats the "
+        "nearest keyframe on both PSNR and LPIPS against the true frame, send the keyframe's own "
+        "pose (the receiver shows the keyframe given back); one render per frame, meant for a GPU",
     )
     p.add_argument(
         "--keyframe-set",

@@ -49,7 +49,7 @@ from bitstream import (
 from bitstream.units import MAX_UNIT_FRAMES
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
 from sender.keyframes import KeyframePolicy, KeyframeSet
-from sender.render_check import LocalRender, psnr
+from sender.render_check import LocalRender
 
 #: A face missing for at least this long is "no face" (a shorter miss is the detector's, not
 #: the camera's: the crop holds its box through it).
@@ -122,10 +122,11 @@ class SendCore:
         keyframes: the sender's mirror of the receiver's keyframe set: the ids of new
             keyframes and the keyframes each frame is rebuilt from (the nearest in pose);
             None: a set of 16 with 3 refs per frame.
-        local: renders each frame as the receiver will (``sender.render_check``); where the
-            decoded keyframe nearest in pose is closer to the true frame than the render, the
-            frame is sent with that keyframe's own keypoints (the receiver shows the keyframe
-            given back). Needs ``detect``. None: every frame keeps its keypoints.
+        local: renders each frame as the receiver will (``sender.render_check``); unless the
+            render beats the decoded keyframe nearest in pose on both PSNR and LPIPS against
+            the true frame, the frame is sent with that keyframe's own keypoints (the receiver
+            shows the keyframe given back). Needs ``detect``. None: every frame keeps its
+            keypoints.
 
     :meth:`start` gives the stream's first units, :meth:`frame` the units each frame
     completes, :meth:`flush` the rest, in order. Frames are cut into units by
@@ -265,16 +266,15 @@ class SendCore:
     def _closer_to_truth(
         self, crop: np.ndarray, keypoints: np.ndarray, refs: tuple[int, ...]
     ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """The keypoints and refs to send for a frame whose true picture is ``crop``: its own,
-        or, where the nearest keyframe's decoded picture is closer to ``crop`` than the render
-        the receiver would show, that keyframe's own keypoints with it alone (the receiver
-        then shows the keyframe given back)."""
-        rendered = self.local.render(refs, keypoints)  # (S, S, 3) uint8
+        """The keypoints and refs to send for a frame whose true picture is ``crop``: its own
+        where the render the receiver would show beats the nearest keyframe's decoded picture
+        on PSNR and LPIPS, else that keyframe's own keypoints with it alone (the receiver then
+        shows the keyframe given back)."""
         nearest = self.keyframes.nearest(keypoints)
-        if psnr(crop, self.local.picture(nearest)) > psnr(crop, rendered):
-            self.frames_held_to_keyframe += 1
-            return self.keyframes.keypoints_of(nearest), (nearest,)
-        return keypoints, refs
+        if self.local.render_wins(crop, refs, keypoints, nearest):
+            return keypoints, refs
+        self.frames_held_to_keyframe += 1
+        return self.keyframes.keypoints_of(nearest), (nearest,)
 
     def _no_face(self, index: int, pts: int) -> list[Unit]:
         """One frame without a face: it ends the face segment."""

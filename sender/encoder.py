@@ -99,7 +99,7 @@ class EncodeOptions:
         keyframe_set: keyframes the receiver keeps for this stream, 1..16; new ones replace
             the least recently used (``sender.keyframes.KeyframeSet``).
         render_check: render every frame as the receiver will, and send the nearest keyframe's
-            own pose where its decoded picture is closer to the frame than the render
+            own pose unless the render beats its decoded picture on both PSNR and LPIPS
             (``sender.render_check``; one render per frame: meant for a GPU).
     """
 
