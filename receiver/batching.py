@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from codec.inference import check_finite, to_uint8
 from codec.model import ImplicitWarpingModel, SourceFeatures
-from receiver.sources import SourceSet, check_finite, device_of, to_uint8
+from receiver.sources import SourceSet, device_of
 
 _FIELDS = ("keys", "values", "pixels", "kp", "strength")
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot
-from codec.inference import check_finite, not_finite, picture_source, render_frames, to_uint8
+from codec.inference import not_finite, picture_source, render_frames
 from codec.model import ImplicitWarpingModel, SourceFeatures
 from iwcodec.errors import ModelMismatchError
 from receiver.audit import check_keyframe
@@ -164,11 +164,4 @@ class SourceSet:
         return render_frames(self.model, src, keypoints)  # (B, H, W, 3) uint8
 
 
-__all__ = [
-    "Keyframe",
-    "SourceSet",
-    "check_finite",
-    "check_stream",
-    "device_of",
-    "to_uint8",
-]
+__all__ = ["Keyframe", "SourceSet", "check_stream", "device_of"]
