@@ -70,16 +70,19 @@ def not_finite(what: str) -> ModelMismatchError:
 
 
 @torch.inference_mode()
-def picture_source(model: ImplicitWarpingModel, rgb: np.ndarray) -> SourceFeatures:
+def picture_source(
+    model: ImplicitWarpingModel, rgb: np.ndarray
+) -> tuple[SourceFeatures, np.ndarray]:
     """A keyframe's source features, as a receiver computes them once per keyframe: its
     keypoints found on the picture itself, then keys / values / pixels (paper section 3,
-    "Learning queries, keys, and values"). ``rgb`` (S, S, 3) uint8 -> features of batch 1.
-    Both halves use it: the receiver's keyframe set, and a sender that renders what the
-    receiver will show."""
+    "Learning queries, keys, and values"). ``rgb`` (S, S, 3) uint8 -> features of batch 1 and
+    the keypoints (K, 3) rows (x, y, strength). Both halves use it: the receiver's keyframe
+    set, and a sender that renders what the receiver will show."""
     image = to_images(rgb[None], next(model.parameters()).device)  # (1, 3, S, S)
     kp, strength = model.detect(image)  # (1, K, 2), (1, K)
     check_finite(torch.cat([kp.flatten(), strength.flatten()]), "keypoints of the keyframe")
-    return model.encode_source(image, kp, strength)  # (1, L, .)
+    own = torch.cat([kp[0], strength[0, :, None]], -1).float().cpu().numpy()  # (K, 3)
+    return model.encode_source(image, kp, strength), own  # (1, L, .)
 
 
 @torch.inference_mode()

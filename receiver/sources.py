@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot
+from bitstream import KeyframeUnit, ParamsUnit, keyframe_slot, requantize
 from codec.inference import not_finite, picture_source, render_frames
 from codec.model import ImplicitWarpingModel, SourceFeatures
 from iwcodec.errors import ModelMismatchError
@@ -68,6 +68,7 @@ class Keyframe:
     keyframe_id: int
     picture: np.ndarray
     features: SourceFeatures
+    own_keypoints: np.ndarray  # (K, 3): its keypoints as a unit carries them (quantized)
 
 
 class SourceSet:
@@ -109,9 +110,10 @@ class SourceSet:
         there. A keyframe that cannot be used (damaged image, wrong size) raises
         BitstreamError saying why, and leaves the set as it was."""
         rgb = check_keyframe(unit, self.params)  # BitstreamError: unusable
-        feats = picture_source(self.model, rgb)  # (1, L, .)
+        feats, own = picture_source(self.model, rgb)  # (1, L, .), (K, 3)
         rgb.setflags(write=False)
-        keyframe = Keyframe(unit.keyframe_id, rgb, feats)
+        own = requantize(own, self.params.xy_steps, self.params.s_steps)
+        keyframe = Keyframe(unit.keyframe_id, rgb, feats, own)
         self._slots[keyframe_slot(unit.keyframe_id)] = keyframe
         self._combined = None
         return keyframe
@@ -149,7 +151,23 @@ class SourceSet:
     @torch.inference_mode()
     def render(self, refs: tuple[int, ...], keypoints: np.ndarray) -> np.ndarray | None:
         """Frames from the keyframes ``refs`` and keypoints (B, K, 3) rows (x, y, strength) ->
-        (B, H, W, 3) uint8; None while one of ``refs`` is missing."""
+        (B, H, W, 3) uint8; None while one of ``refs`` is missing.
+
+        A frame rebuilt from one keyframe with exactly that keyframe's own keypoints (as this
+        receiver finds them on the decoded picture, quantized with the stream's steps) *is*
+        that keyframe: it comes out as the decoded picture itself, not as the model's
+        rendering of it (docs/bitstream.md 3.2). The sender uses this for the keyframe's own
+        frame and wherever the frozen keyframe is closer to the truth than a render."""
+        rgb = self._render(refs, keypoints)
+        if rgb is not None and len(refs) == 1:
+            held = self._slots[keyframe_slot(refs[0])]
+            same = np.all(keypoints == held.own_keypoints[None], axis=(1, 2))  # (B,)
+            if same.any():
+                rgb = rgb.copy()
+                rgb[same] = held.picture
+        return rgb
+
+    def _render(self, refs: tuple[int, ...], keypoints: np.ndarray) -> np.ndarray | None:
         src = self.features(refs)
         if src is None:
             return None

@@ -174,7 +174,8 @@ class SendCore:
         self.detect = detect
         self.pacer = pacer
         self._cutter: UnitCutter[KeypointFrame | _Gap] = UnitCutter(frames_per_unit)
-        self._keyframe_keypoints: tuple[int, np.ndarray] | None = None  # (frame index, (K, 3))
+        #: the last keyframe's own frame: (frame index, its keypoints (K, 3), keyframe id)
+        self._keyframe_keypoints: tuple[int, np.ndarray, int] | None = None
 
     @property
     def needs_keyframe(self) -> bool:
@@ -227,8 +228,9 @@ class SendCore:
 
         The receiver holds the *decoded* picture, not ``crop``, and finds its keypoints on
         that. With ``detect``, the sender decodes its own keyframe and sends frame ``index``
-        with those very keypoints, so that frame renders as the keyframe given back (its
-        self-reconstruction). The detector's keypoints on the coded picture can sit pixels
+        with those very keypoints, so that frame is the keyframe given back (the receiver
+        shows the decoded picture itself for a frame with exactly its keyframe's own keypoints:
+        docs/bitstream.md 3.2). The detector's keypoints on the coded picture can sit pixels
         away from those on the original (8 px on one clip at AV1 q75), which the model reads
         as motion: 30 dB instead of 52 dB for the keyframe's own frame."""
         units = self.flush()
@@ -237,8 +239,9 @@ class SendCore:
         if self.detect is not None:
             picture = decode_keyframe(image, self.keyframe_codec)  # (S, S, 3) as received
             keypoints = np.asarray(self.detect(picture), np.float32)
-            self._keyframe_keypoints = (index, keypoints)
         keyframe_id = self.keyframes.next_id()
+        if self.detect is not None:
+            self._keyframe_keypoints = (index, keypoints, keyframe_id)
         units.append(KeyframeUnit(keyframe_id, index, self.keyframe_codec, image))
         self.keyframes.add(keyframe_id, keypoints, index)
         if self.local is not None:
@@ -253,13 +256,15 @@ class SendCore:
         """One frame with a face: its keypoints (K, 3) rows (x, y, strength) and refs."""
         if self.needs_keyframe:
             raise ValueError(f"frame {index}: a face segment starts with a keyframe")
-        keypoints = face.keypoints
-        own = self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index
-        if own:
-            keypoints = self._keyframe_keypoints[1]  # the keyframe's own frame (see _keyframe)
-        refs = self.keyframes.choose_refs(keypoints, index)
-        if self.local is not None and not own:
-            keypoints, refs = self._closer_to_truth(face.crop, keypoints, refs)
+        if self._keyframe_keypoints is not None and self._keyframe_keypoints[0] == index:
+            # the keyframe's own frame, from it alone: the keyframe given back (see _keyframe)
+            _, keypoints, keyframe_id = self._keyframe_keypoints
+            refs: tuple[int, ...] = (keyframe_id,)
+        else:
+            keypoints = face.keypoints
+            refs = self.keyframes.choose_refs(keypoints, index)
+            if self.local is not None:
+                keypoints, refs = self._closer_to_truth(face.crop, keypoints, refs)
         frame = KeypointFrame(index, pts, keypoints, refs)
         return self._units(self._cutter.push(frame, refs))
 

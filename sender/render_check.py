@@ -8,10 +8,10 @@ keeps the source features of the keyframes the receiver holds.
 What it is used for (``SendCore`` with ``EncodeOptions.render_check``): a frame is sent with
 its own keypoints only where the render beats the decoded keyframe nearest in pose on both
 PSNR and LPIPS(alex) against the true frame; elsewhere the sender sends that keyframe's own
-keypoints with that keyframe alone as the ref, and the receiver shows the keyframe given back
-(its self-reconstruction, 45-52 dB on val-12). Every frame is then at least as close to the
-truth as the frozen keyframe on both metrics (up to the self-reconstruction), which is what a
-codec that sends motion should guarantee. The cost: one render and one LPIPS per frame at the
+keypoints with that keyframe alone as the ref, and the receiver shows the decoded keyframe
+itself (docs/bitstream.md 3.2: a frame with exactly its keyframe's own keypoints is that
+keyframe). Every frame is then at least as close to the truth as the frozen keyframe on both
+metrics, which is what a codec that sends motion should guarantee. The cost: one render and one LPIPS per frame at the
 sender (a few ms on a GPU, about 0.6 s on two CPU cores), and the bits of the keypoint jumps.
 """
 
@@ -43,7 +43,7 @@ class LocalRender:
     def add(self, keyframe_id: int, picture: np.ndarray, keep: tuple[int, ...]) -> None:
         """The decoded keyframe ``picture`` (S, S, 3) uint8 joins; only ``keep`` (the ids the
         receiver's set holds) stay."""
-        self._features[keyframe_id] = picture_source(self.model, picture)
+        self._features[keyframe_id], _ = picture_source(self.model, picture)
         self._pictures[keyframe_id] = picture
         for old in set(self._features) - set(keep):
             del self._features[old], self._pictures[old]
