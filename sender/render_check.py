@@ -12,7 +12,7 @@ keypoints with that keyframe alone as the ref, and the receiver shows the decode
 itself (docs/bitstream.md 3.2: a frame with exactly its keyframe's own keypoints is that
 keyframe). Every frame is then at least as close to the truth as the frozen keyframe on both
 metrics, which is what a codec that sends motion should guarantee. The cost: one render and one LPIPS per frame at the
-sender (a few ms on a GPU, about 0.6 s on two CPU cores), and the bits of the keypoint jumps.
+sender (a few ms on a GPU, 0.4-0.9 s on two CPU cores), and the bits of the keypoint jumps.
 """
 
 from __future__ import annotations
