@@ -355,7 +355,7 @@ class LiveReceiver:
         if images is None:
             self.stats.frames_without_keyframe += 1
             now = time.time()
-            for ref in refs:
+            for ref in self.sources.missing(refs):  # not the refs it holds
                 first = self._missing.setdefault(ref, now)
                 if now - first >= KEYFRAME_GRACE:
                     self.missing_keyframe = ref
