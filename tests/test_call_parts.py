@@ -428,3 +428,31 @@ def test_no_frame_is_shown_after_the_call_starts_closing(tmp_path):
     assert shown == [0]
     with av.open(str(tmp_path / "r.mkv")) as c:
         assert len(list(c.decode(video=0))) == len(shown)
+
+
+def test_live_receiver_asks_for_the_keyframe_it_lacks_not_one_it_holds(model, monkeypatch):
+    """Units that name keyframes 5 and 0 when only 0 arrived: nothing is rendered from a set
+    that lacks 5, and the receiver asks for 5 (after the grace period, here none)."""
+    import receiver.live
+
+    monkeypatch.setattr(receiver.live, "KEYFRAME_GRACE", 0.0)
+    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+    table = entropy_model(EncodeOptions())
+    rng = np.random.default_rng(2)
+    track = synthetic_track(rng, 9, model.cfg.num_kp)  # (9, K, 3)
+    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    keyframe = KeyframeUnit(0, 0, ImageCodec.PNG, encode_keyframe(image, ImageCodec.PNG))
+    encoder = KeypointEncoder(params, table, resync_period=10_000)
+
+    def messages():
+        yield "kf", params.to_bytes() + keyframe.to_bytes()
+        for u in range(3):
+            frames = [
+                KeypointFrame(i, params.nominal_pts(i), track[i], (5, 0))
+                for i in range(3 * u, 3 * u + 3)
+            ]
+            yield "kp", encoder.encode(frames).to_bytes()
+
+    frames, rx = run_receiver(model, messages, encoder.request_resync)
+    assert frames == {} and rx.stats.frames_without_keyframe > 0
+    assert rx.missing_keyframe == 5
