@@ -38,7 +38,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 import kernels
 from iwcodec.errors import IWCodecError
 from kernels import pinned_table, warp_attention, warp_attention_reference
+from kernels.environment import environment as kernels_environment
 
 VALID_TOL = 2e-2  # composition outputs (bf16) against float64
 GOAL_RATIO = 0.8  # fused time / best composition time
@@ -594,43 +594,8 @@ def run_check(item: CheckItem, device: str) -> dict:
 
 
 def environment(device: str) -> dict:
-    info = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda,
-        "git_commit": _git_commit(),
-        "backends_here": kernels.backends(device),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info.update(
-            device=props.name,
-            sm_count=props.multi_processor_count,
-            capability=f"{props.major}.{props.minor}",
-        )
-    else:
-        info.update(device=f"cpu ({platform.machine()})", sm_count=None, capability=None)
-    return info
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None
+    """The run's environment (``kernels.environment``) and the attention backends here."""
+    return {**kernels_environment(device), "backends_here": kernels.backends(device)}
 
 
 def slug(name: str) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import torch
 from benchmarks.attention import slug
 from codec.config import tiny_config
 from codec.model import ImplicitWarpingModel
+from kernels.environment import environment
 
 
 def timer(device: torch.device, warmup: int, reps: int) -> Callable[[Callable[[], object]], float]:
@@ -101,15 +101,6 @@ def measure(model, device: torch.device, args: argparse.Namespace, bf16: bool) -
                     {"part": "render", "sources": n, "batch": b, "ms": ms, "ms_per_frame": ms / b}
                 )
     return rows
-
-
-def environment(device: torch.device) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version()}
-    if device.type == "cuda":
-        info["device"] = torch.cuda.get_device_name(device)
-    else:
-        info["device"] = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    return info
 
 
 def print_table(results: dict) -> None:

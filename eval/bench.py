@@ -44,10 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +69,7 @@ from codec.model import ImplicitWarpingModel
 from eval.render_stages import kernel_times, stage_times
 from iwcodec.errors import InputError
 from iwcodec.keyframe import encode_keyframe
+from kernels.environment import environment
 from receiver.batching import BatchRenderer, FrameJob, chunks
 from receiver.decoder import Decoder
 from receiver.graphs import RenderGraphs
@@ -116,49 +114,6 @@ class BenchOptions:
 # --------------------------------------------------------------------------------------------
 # Environment and statistics
 # --------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, object]:
-    info: dict[str, object] = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda,
-        "git_commit": git_commit(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(
-            device=props.name,
-            capability=f"{props.major}.{props.minor}",
-            sm_count=props.multi_processor_count,
-        )
-    else:
-        info["device"] = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    return info
-
-
-def git_commit() -> str | None:
-    try:
-        run = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return run.stdout.strip() or None
 
 
 def summary(ms: Sequence[float]) -> dict[str, float]:

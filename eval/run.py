@@ -71,6 +71,7 @@ from eval.results import (
 )
 from iwcodec.errors import InputError, IWCodecError
 from iwcodec.keyframe import decode_keyframe, encode_keyframe, parse_codec
+from iwcodec.provenance import git_commit
 from receiver.decoder import DecodeOptions, decode_frames
 from sender.cache import clip_names, sha256_of
 from sender.crop import iter_crops
@@ -441,22 +442,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 def _git_dirty() -> bool | None:
     """Whether tracked files differ from the commit (the numbers may not be reproducible)."""
     try:
@@ -538,7 +523,7 @@ def record_run(
         "weights": str(weights) if weights is not None else None,
         "weights_id": wid,
         "model": {"image_size": model.cfg.image_size, "num_kp": model.cfg.num_kp},
-        "code_commit": _git_commit(),
+        "code_commit": git_commit(),
         "code_dirty": _git_dirty(),
         "started": old.get("started", time.strftime("%Y-%m-%d %H:%M:%S %z")),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
