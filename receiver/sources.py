@@ -158,13 +158,18 @@ class SourceSet:
         that keyframe: it comes out as the decoded picture itself, not as the model's
         rendering of it (docs/bitstream.md 3.2). The sender uses this for the keyframe's own
         frame and wherever the frozen keyframe is closer to the truth than a render."""
-        rgb = self._render(refs, keypoints)
-        if rgb is not None and len(refs) == 1:
-            held = self._slots[keyframe_slot(refs[0])]
-            same = np.all(keypoints == held.own_keypoints[None], axis=(1, 2))  # (B,)
-            if same.any():
-                rgb = rgb.copy()
-                rgb[same] = held.picture
+        if self.missing(refs):
+            return None
+        if len(refs) > 1:
+            return self._render(refs, keypoints)
+        held = self._slots[keyframe_slot(refs[0])]
+        same = np.all(keypoints == held.own_keypoints[None], axis=(1, 2))  # (B,)
+        if not same.any():
+            return self._render(refs, keypoints)
+        rgb = np.empty((len(keypoints), *held.picture.shape), np.uint8)  # (B, H, W, 3)
+        rgb[same] = held.picture  # the keyframe itself: nothing to render
+        if not same.all():
+            rgb[~same] = self._render(refs, keypoints[~same])
         return rgb
 
     def _render(self, refs: tuple[int, ...], keypoints: np.ndarray) -> np.ndarray | None:
