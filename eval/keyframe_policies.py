@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from codec.data import load_crop_cache
+from codec.inference import picture_source, render_frames
 from codec.model import ImplicitWarpingModel
 from codec.weights import load_model
 from eval.metrics import Scorers, image_metrics_per_frame
@@ -75,22 +76,13 @@ def rebuild_from_first(
     """Frames rebuilt from the first one sent as a keyframe (AV1 q75, decoded): returns the
     rebuilt frames (T, S, S, 3) uint8, the decoded keyframe (S, S, 3) and the pose distance of
     each frame to it (T,), crop pixels."""
-    device = next(model.parameters()).device
     picture = decode_keyframe(encode_keyframe(frames[0]), DEFAULT_CODEC)  # (S, S, 3)
-    kp0 = detect_batch(model, picture[None])[0]  # (K, 3)
-    image = torch.from_numpy(picture).to(device).permute(2, 0, 1)[None].float() / 255
-    src = model.encode_source(
-        image,
-        torch.from_numpy(kp0[None, :, :2]).to(device),
-        torch.from_numpy(kp0[None, :, 2]).to(device),
-    )
+    src, kp0 = picture_source(model, picture)  # as the receiver computes them; kp0 (K, 3)
     out, dist = [], []
     for start in range(0, len(frames), batch):
         kp = detect_batch(model, frames[start : start + batch])  # (B, K, 3)
         dist.append(pose_distance(kp0, kp, frames.shape[1]))
-        k = torch.from_numpy(kp).to(device)
-        rgb = model.render(src, k[..., :2], k[..., 2]).clamp(0, 1)  # (B, 3, S, S)
-        out.append(rgb.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(render_frames(model, src, kp))  # (B, S, S, 3) uint8
     return np.concatenate(out), picture, np.concatenate(dist)
 
 
