@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitstream import KeyframeUnit, read_units
 from codec.data import load_crop_cache
 from codec.inference import picture_source, render_frames
 from codec.model import ImplicitWarpingModel
@@ -129,19 +130,6 @@ def fit(cal: dict[str, np.ndarray]) -> dict[str, float]:
 # -- policies -----------------------------------------------------------------------------------
 
 
-def encode(
-    model: ImplicitWarpingModel, clip: Clip, options: EncodeOptions
-) -> tuple[bytes, list[int]]:
-    """The clip's stream and its keyframes' frame indices."""
-    from bitstream import KeyframeUnit, read_units
-
-    with io.BytesIO() as f:
-        encode_frames(clip.frames, clip.fps, model, f, options)
-        data = f.getvalue()
-    keyframes = [u.frame_index for u in read_units(data) if isinstance(u, KeyframeUnit)]
-    return data, keyframes
-
-
 def keyframe_only(clip: Clip, indices: Sequence[int], quality: int) -> tuple[np.ndarray, int]:
     """Each decoded keyframe shown until the next: frames (T, S, S, 3) and the images' bytes."""
     shown = np.empty_like(clip.frames)
@@ -158,6 +146,57 @@ def evenly(n_frames: int, n: int) -> tuple[int, ...]:
     return tuple(i * n_frames // n for i in range(n))
 
 
+def scored(
+    clip: Clip,
+    scorers: Scorers,
+    variant: str,
+    data_bytes: int,
+    shown: np.ndarray,
+    keyframes: list[int],
+    **extra,
+) -> dict:
+    """One record: the frames ``shown`` (T, S, S, 3) scored against the clip, with the rate of
+    ``data_bytes`` and per-frame PSNR and LPIPS."""
+    seconds = len(clip.frames) / float(clip.fps)
+    m = image_metrics_per_frame(clip.frames, shown, scorers.device, scorers=scorers)
+    psnr = np.minimum(m["psnr"], 100.0)
+    return {
+        "clip": clip.name,
+        "variant": variant,
+        "frames": len(clip.frames),
+        "seconds": seconds,
+        "bytes": data_bytes,
+        "kbps": data_bytes * 8 / seconds / 1000,
+        "keyframes": keyframes,
+        "psnr": float(psnr.mean()),
+        "lpips": float(m["lpips"].mean()),
+        "per_frame": {"psnr": psnr.round(3).tolist(), "lpips": m["lpips"].round(5).tolist()},
+        "joined_at": clip.joined_at,
+        **extra,
+    }
+
+
+def coded(
+    model: ImplicitWarpingModel,
+    clip: Clip,
+    scorers: Scorers,
+    variant: str,
+    options: EncodeOptions,
+    **extra,
+) -> dict:
+    """The clip encoded with ``options`` to a stream in memory, every frame decoded from it and
+    scored (:func:`scored`); ``encode_s`` and ``frames_as_keyframe`` from the encoder."""
+    start = time.perf_counter()
+    with io.BytesIO() as f:
+        stats = encode_frames(clip.frames, clip.fps, model, f, options)
+        data = f.getvalue()
+    encode_s = time.perf_counter() - start
+    keyframes = [u.frame_index for u in read_units(data) if isinstance(u, KeyframeUnit)]
+    decoded, _ = decode_frames(data, model, DecodeOptions(progress=False))
+    extra = {"encode_s": encode_s, "frames_as_keyframe": stats.frames_as_keyframe, **extra}
+    return scored(clip, scorers, variant, len(data), decoded, keyframes, **extra)
+
+
 def compare_policies(
     model: ImplicitWarpingModel,
     clip: Clip,
@@ -166,49 +205,22 @@ def compare_policies(
     one_qualities: Sequence[int],
 ) -> list[dict]:
     """The clip coded each way (module docstring, 2); one record per variant."""
-    seconds = len(clip.frames) / float(clip.fps)
-    quiet = DecodeOptions(progress=False)
-
-    def scored(
-        variant: str, data_bytes: int, shown: np.ndarray, keyframes: list[int], **extra
-    ) -> dict:
-        m = image_metrics_per_frame(clip.frames, shown, scorers.device, scorers=scorers)
-        psnr = np.minimum(m["psnr"], 100.0)
-        return {
-            "clip": clip.name,
-            "variant": variant,
-            "frames": len(clip.frames),
-            "seconds": seconds,
-            "bytes": data_bytes,
-            "kbps": data_bytes * 8 / seconds / 1000,
-            "keyframes": keyframes,
-            "psnr": float(psnr.mean()),
-            "lpips": float(m["lpips"].mean()),
-            "per_frame": {"psnr": psnr.round(3).tolist(), "lpips": m["lpips"].round(5).tolist()},
-            "joined_at": clip.joined_at,
-            **extra,
-        }
-
-    def coded(variant: str, options: EncodeOptions, **extra) -> dict:
-        data, keyframes = encode(model, clip, options)
-        decoded, _ = decode_frames(data, model, quiet)
-        return scored(variant, len(data), decoded, keyframes, **extra)
-
+    coded_ = functools.partial(coded, model, clip, scorers)
     base = EncodeOptions(progress=False, keyframe_set=4)
-    out = [coded("one", base, quality=DEFAULT_QUALITY)]
+    out = [coded_("one", base, quality=DEFAULT_QUALITY)]
     out += [
-        coded(f"one-q{q}", EncodeOptions(progress=False, keyframe_quality=q), quality=q)
+        coded_(f"one-q{q}", EncodeOptions(progress=False, keyframe_quality=q), quality=q)
         for q in one_qualities
     ]
     for t in thresholds:
         policy = functools.partial(QualityKeyframes, t, 1.0)
-        adaptive = coded(
+        adaptive = coded_(
             f"adaptive-{t:g}px",
             EncodeOptions(progress=False, keyframe_policy=policy, keyframe_set=4),
             threshold=t,
         )
         n = len(adaptive["keyframes"])
-        fixed = coded(
+        fixed = coded_(
             f"fixed-{t:g}px",
             EncodeOptions(
                 progress=False, keyframe_indices=evenly(len(clip.frames), n), keyframe_set=4
@@ -219,7 +231,15 @@ def compare_policies(
         out += [
             adaptive,
             fixed,
-            scored(f"keyframe-only-{t:g}px", nbytes, shown, adaptive["keyframes"], threshold=t),
+            scored(
+                clip,
+                scorers,
+                f"keyframe-only-{t:g}px",
+                nbytes,
+                shown,
+                adaptive["keyframes"],
+                threshold=t,
+            ),
         ]
     return out
 

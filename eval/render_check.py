@@ -10,62 +10,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from codec.weights import load_model
-from eval.keyframe_policies import Clip, keyframe_only
-from eval.metrics import Scorers, image_metrics_per_frame
+from eval.keyframe_policies import Clip, coded, keyframe_only, scored
+from eval.metrics import Scorers
 from eval.run import prepare_clip
 from iwcodec.keyframe import DEFAULT_QUALITY
-from receiver.decoder import DecodeOptions, decode_frames
-from sender.encoder import EncodeOptions, encode_frames
+from sender.encoder import EncodeOptions
 
 
 def measure(model, clip: Clip, scorers: Scorers) -> list[dict]:
-    """One record per variant: plain, render check, keyframe only."""
-    import io
-
-    seconds = len(clip.frames) / float(clip.fps)
-    out = []
-
-    def score(variant: str, nbytes: int, shown: np.ndarray, **extra) -> dict:
-        m = image_metrics_per_frame(clip.frames, shown, scorers.device, scorers=scorers)
-        return {
-            "clip": clip.name,
-            "variant": variant,
-            "frames": len(clip.frames),
-            "kbps": nbytes * 8 / seconds / 1000,
-            "psnr": float(np.minimum(m["psnr"], 100).mean()),
-            "lpips": float(m["lpips"].mean()),
-            **extra,
-        }
-
-    for variant, options in (
-        ("plain", EncodeOptions(progress=False)),
-        ("render check", EncodeOptions(progress=False, render_check=True)),
-    ):
-        start = time.perf_counter()
-        with io.BytesIO() as f:
-            stats = encode_frames(clip.frames, clip.fps, model, f, options)
-            data = f.getvalue()
-        encode_s = time.perf_counter() - start
-        decoded, _ = decode_frames(data, model, DecodeOptions(progress=False))
-        out.append(
-            score(
-                variant,
-                len(data),
-                decoded,
-                frames_as_keyframe=stats.frames_as_keyframe,
-                encode_s=encode_s,
-            )
-        )
+    """One record per variant: plain, render check, keyframe only (``eval.keyframe_policies``'
+    scoring: streams written in memory, every frame decoded)."""
+    out = [
+        coded(model, clip, scorers, "plain", EncodeOptions(progress=False)),
+        coded(
+            model, clip, scorers, "render check", EncodeOptions(progress=False, render_check=True)
+        ),
+    ]
     shown, nbytes = keyframe_only(clip, [0], DEFAULT_QUALITY)
-    out.append(score("keyframe only", nbytes, shown))
-    return out
+    return out + [scored(clip, scorers, "keyframe only", nbytes, shown, [0])]
 
 
 def summary(records: list[dict]) -> str:
