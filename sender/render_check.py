@@ -1,8 +1,9 @@
 """The receiver's picture rendered at the sender, and the choice it allows (closed loop).
 
 The sender has the model and the very keyframes the receiver decoded, so it can render each
-frame exactly as the receiver will (``codec.inference.picture_source`` / ``render_frames``, the
-code the receiver's ``SourceSet`` runs) and compare it with the true frame. :class:`LocalRender`
+frame as the receiver will (``codec.inference.picture_source`` / ``render_frames``, the code
+the receiver's ``SourceSet`` runs; from the unquantized keypoints, where the receiver gets them
+quantized to 1/512 of the crop) and compare it with the true frame. :class:`LocalRender`
 keeps the source features of the keyframes the receiver holds.
 
 What it is used for (``SendCore`` with ``EncodeOptions.render_check``): a frame is sent with
