@@ -131,22 +131,23 @@ class KeyframeSet:
         self._last_id = keyframe_id
         self._current = (keyframe_id,)  # the frames after a keyframe start from it
 
-    def _candidates(self) -> list[_Held]:
-        return [h for h in self._held.values() if h.segment == self.segment]
+    def _distances(self, keypoints: np.ndarray) -> tuple[list[_Held], np.ndarray]:
+        """This face segment's keyframes and their pose distances to ``keypoints`` (K, 3)."""
+        held = [h for h in self._held.values() if h.segment == self.segment]
+        if not held:
+            return held, np.empty(0)
+        others = np.stack([h.keypoints for h in held])  # (N, K, 3)
+        return held, pose_distance(keypoints, others, self.image_size)
 
     def distance(self, keypoints: np.ndarray) -> float:
         """The quality estimate: pose distance (crop pixels) to the nearest keyframe of this
         face segment; infinite when it has none."""
-        held = self._candidates()
-        if not held:
-            return float("inf")
-        d = pose_distance(keypoints, np.stack([h.keypoints for h in held]), self.image_size)
-        return float(d.min())
+        _, d = self._distances(keypoints)
+        return float(d.min()) if len(d) else float("inf")
 
     def nearest(self, keypoints: np.ndarray) -> int:
         """The id of this face segment's keyframe nearest in pose to ``keypoints`` (K, 3)."""
-        held = self._candidates()
-        d = pose_distance(keypoints, np.stack([h.keypoints for h in held]), self.image_size)
+        held, d = self._distances(keypoints)
         return held[int(np.argmin(d))].keyframe_id
 
     def keypoints_of(self, keyframe_id: int) -> np.ndarray:
@@ -156,10 +157,9 @@ class KeyframeSet:
     def choose_refs(self, keypoints: np.ndarray, index: int) -> tuple[int, ...]:
         """The keyframes frame ``index`` is rebuilt from: the ``refs`` nearest in pose, in id
         order; kept while none is much nearer (:data:`REFS_HYSTERESIS`)."""
-        held = self._candidates()
+        held, d = self._distances(keypoints)
         if not held:
             raise ValueError(f"frame {index}: no keyframe to rebuild it from")
-        d = pose_distance(keypoints, np.stack([h.keypoints for h in held]), self.image_size)
         by_id = {h.keyframe_id: float(x) for h, x in zip(held, d)}
         order = sorted(by_id, key=lambda k: (by_id[k], k))
         best = tuple(sorted(order[: self.refs]))
