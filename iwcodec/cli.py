@@ -72,14 +72,26 @@ def _whole(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+def _positive(what: str, hi: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 (and at most ``hi``); ``what`` names it in
+    the error ("must be <what>")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0 and (hi is None or value <= hi)):
+            most = f" and at most {hi:g}" if hi is not None else ""
+            raise argparse.ArgumentTypeError(f"must be {what}{most}, got {text!r}")
+        return value
+
+    return parse
+
+
+_seconds = _positive("a positive number of seconds")
+_megabytes = _positive("a positive number of MiB")
+_frame_rate = _positive("a frame rate above 0", hi=1000)
 
 
 _frames = _whole(1)
@@ -490,28 +502,6 @@ def _step_names(text: str) -> tuple[str, ...]:
             f"must be comma-separated names of {', '.join(CANDIDATE_STEPS)}, got {text!r}"
         )
     return names
-
-
-def _frame_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value <= 1000):
-        raise argparse.ArgumentTypeError(
-            f"must be a frame rate above 0 and at most 1000, got {text!r}"
-        )
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
-    return value
 
 
 def _names(text: str) -> tuple[str, ...]:
