@@ -20,9 +20,13 @@ kf-q90      default                AV1 q90          1
 low         coarse                 AV1 q50          1
 =========== ====================== ================ =========
 
-"fine" steps (1024 / 128) are defined but not in the default plan: the default steps already
+Two points are defined but not in the default plan. "fine" steps (1024 / 128) are defined but not in the default plan: the default steps already
 lose <= 0.1 dB against unquantized keypoints (docs/bitstream.md 8.2), so finer ones only add
-bits.
+bits. "render-check" is the default point with the sender's render check on
+(``EncodeOptions.render_check``: every frame rendered at the sender as the receiver will, and
+sent with its keyframe's own pose where that render is not closer to the true frame than the
+frozen keyframe, on PSNR and LPIPS): one render and one LPIPS per frame at the sender, so it is
+run on a GPU when asked for.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class OurPoint:
     keyframe_codec: ImageCodec = DEFAULT_CODEC
     keyframe_quality: int = DEFAULT_QUALITY
     keyframes: int = 1
+    render_check: bool = False
 
     def __post_init__(self) -> None:
         if self.steps not in CANDIDATE_STEPS:
@@ -100,6 +105,7 @@ class OurPoint:
             "keyframe_codec": self.keyframe_codec.name.lower(),
             "keyframe_quality": self.keyframe_quality,
             "keyframes": self.keyframes,
+            "render_check": self.render_check,
         }
 
     def encode_options(self, n_frames: int, progress: bool = False) -> EncodeOptions:
@@ -110,6 +116,7 @@ class OurPoint:
             xy_steps=xy,
             s_steps=s,
             keyframe_indices=keyframe_indices(n_frames, self.keyframes),
+            render_check=self.render_check,
             progress=progress,
         )
 
@@ -197,7 +204,12 @@ DEFAULT_OUR_POINTS: tuple[OurPoint, ...] = (
 )
 #: Every point our codec can be asked for by name (``--points``).
 NAMED_OUR_POINTS: dict[str, OurPoint] = {
-    p.name: p for p in (*DEFAULT_OUR_POINTS, OurPoint("fine", steps="fine"))
+    p.name: p
+    for p in (
+        *DEFAULT_OUR_POINTS,
+        OurPoint("fine", steps="fine"),
+        OurPoint("render-check", render_check=True),
+    )
 }
 #: The point the headline compares against.
 HEADLINE_POINT = "default"

@@ -261,6 +261,7 @@ def run_ours(
                 "headers": enc.bytes_params + enc.bytes_end,
             },
             "keyframes": enc.keyframes,
+            "frames_as_keyframe": enc.frames_as_keyframe,
             "weights_id": model.weights_id.hex() if model.weights_id is not None else None,
             "stream": f"streams/{path.name}",
             "encode_s": enc.seconds,

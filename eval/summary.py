@@ -542,7 +542,8 @@ def _fidelity_lines(
             if mine is None:
                 continue
             verdict: dict[str, Any] = {
-                k: mine.get(k) for k in ("kbps", "psnr", "lpips", *FIDELITY_FIELDS)
+                k: mine.get(k)
+                for k in ("kbps", "psnr", "lpips", "frames_as_keyframe", *FIDELITY_FIELDS)
             }
             if other is not None:
                 verdict["baseline_kbps"] = other["kbps"]

@@ -45,6 +45,7 @@ from bitstream import (
     ParamsUnit,
     Unit,
     UnitCutter,
+    requantize,
 )
 from bitstream.units import MAX_UNIT_FRAMES
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
@@ -229,7 +230,7 @@ class SendCore:
         The receiver holds the *decoded* picture, not ``crop``, and finds its keypoints on
         that. With ``detect``, the sender decodes its own keyframe and sends frame ``index``
         with those very keypoints, so that frame is the keyframe given back (the receiver
-        shows the decoded picture itself for a frame with exactly its keyframe's own keypoints:
+        shows the decoded picture itself for a frame with its keyframe's own keypoints:
         docs/bitstream.md 3.2). The detector's keypoints on the coded picture can sit pixels
         away from those on the original (8 px on one clip at AV1 q75), which the model reads
         as motion: 30 dB instead of 52 dB for the keyframe's own frame."""
@@ -276,7 +277,9 @@ class SendCore:
         on PSNR and LPIPS, else that keyframe's own keypoints with it alone (the receiver then
         shows the keyframe given back)."""
         nearest = self.keyframes.nearest(keypoints)
-        if self.local.render_wins(crop, refs, keypoints, nearest):
+        # the keypoints as the receiver decodes them (K, 3): its render is this one
+        received = requantize(keypoints, self.params.xy_steps, self.params.s_steps)
+        if self.local.render_wins(crop, refs, received, nearest):
             return keypoints, refs
         self.frames_held_to_keyframe += 1
         return self.keyframes.keypoints_of(nearest), (nearest,)

@@ -23,10 +23,12 @@ from bitstream import (
     KeyframeUnit,
     KeypointDecoder,
     KeypointUnit,
+    dequantize,
     keyframe_slot,
     read_units,
 )
 from codec.weights import load_model
+from bitstream.quant import steps_vector
 from iwcodec.errors import UsageError
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
 from receiver.decoder import DecodeOptions, Decoder, decode_frames, find_entropy_model
@@ -234,6 +236,32 @@ def test_a_unit_that_refers_to_a_replaced_keyframe_is_held(model, clip) -> None:
     assert 3 not in sources and sources.missing((3,)) == [3]
     assert sources.render((3,), kp(0.0)[None]) is None
     assert sources.render((3 + KEYFRAME_SLOTS,), kp(0.0)[None]).shape == (1, 64, 64, 3)
+
+
+def test_a_frame_within_one_step_of_its_keyframe_is_that_keyframe(model, clip) -> None:
+    """The receiver shows the decoded keyframe for a frame sent with that keyframe's own
+    keypoints, also when the sender's detector put a value one quantization step away (two runs
+    of the detector can differ in the last bit at a rounding boundary); two steps away, or with
+    a second ref, the frame is rendered."""
+    params = params_of(model, clip)
+    sources = SourceSet(model, params)
+    keyframe = sources.add(KeyframeUnit(0, 0, 2, encode_keyframe(clip.frames[0])))
+    steps = steps_vector(params.xy_steps, params.s_steps)
+    own = keyframe.own_steps  # (K, 3) int64
+    inner = (own > 1) & (own < steps - 1)  # values that can move two steps either way
+    k, c = np.argwhere(inner)[0]
+
+    def moved(by: int) -> np.ndarray:
+        q = own.copy()
+        q[k, c] += by
+        return dequantize(q, params.xy_steps, params.s_steps)  # (K, 3) as a unit carries them
+
+    frames = sources.render((0,), np.stack([moved(0), moved(1), moved(-1), moved(2)]))
+    for i in range(3):
+        np.testing.assert_array_equal(frames[i], keyframe.picture)
+    assert not np.array_equal(frames[3], keyframe.picture)  # rendered by the model
+    sources.add(KeyframeUnit(1, 1, 2, encode_keyframe(clip.frames[1])))
+    assert not np.array_equal(sources.render((0, 1), moved(0)[None])[0], keyframe.picture)
 
 
 # -- end to end: a face that changes --------------------------------------------------------------

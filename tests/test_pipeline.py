@@ -130,7 +130,7 @@ def test_decoder_renders_from_the_decoded_keyframe_and_quantized_keypoints(
     """An independent recomputation of the receiver's path: keyframe decoded from the stream,
     its keypoints by the detector, driving keypoints exactly as quantized; the keyframe's own
     frame is sent with the decoded keyframe's keypoints (the sender's closed loop), and a frame
-    with exactly its keyframe's own keypoints is that keyframe: the decoded picture itself."""
+    with its keyframe's own keypoints is that keyframe: the decoded picture itself."""
     path, _ = stream
     decoded, _ = decode_frames(path, model, QUIET_DEC)
     units = list(read_units(path))
