@@ -27,8 +27,8 @@ from bitstream import (
     keyframe_slot,
     read_units,
 )
-from codec.weights import load_model
 from bitstream.quant import steps_vector
+from codec.weights import load_model
 from iwcodec.errors import UsageError
 from iwcodec.keyframe import decode_keyframe, encode_keyframe
 from receiver.decoder import DecodeOptions, Decoder, decode_frames, find_entropy_model
