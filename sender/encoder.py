@@ -57,6 +57,7 @@ from bitstream import (
 )
 from bitstream.quant import DEFAULT_S_STEPS, DEFAULT_XY_STEPS
 from bitstream.units import MAX_REFS
+from codec.inference import to_images
 from codec.model import ImplicitWarpingModel
 from iwcodec.errors import (
     BitstreamError,
@@ -224,12 +225,6 @@ def check_finite_keypoints(keypoints: np.ndarray) -> np.ndarray:
     return keypoints
 
 
-def to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 in [0, 1] on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(255)
-
-
 def batches(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
     """Consecutive frames stacked into (<= size, H, W, 3) arrays."""
     batch: list[np.ndarray] = []
@@ -281,7 +276,7 @@ def keyframe_policy(options: EncodeOptions) -> KeyframePolicy:
 def detect_batch(model: ImplicitWarpingModel, frames: np.ndarray) -> np.ndarray:
     """Keypoints of a batch: (B, H, W, 3) uint8 -> (B, K, 3) float32 rows (x, y, strength),
     x and y in [-1, 1], strength in [0, 1] (paper section 3), on the model's device."""
-    kp, strength = model.detect(to_tensor(frames, device_of(model)))  # (B, K, 2), (B, K)
+    kp, strength = model.detect(to_images(frames, device_of(model)))  # (B, K, 2), (B, K)
     out = check_finite_keypoints(torch.cat([kp, strength[..., None]], -1).float().cpu().numpy())
     # The detector's softmax expectation keeps x, y inside [-1, 1] and its strength is a
     # sigmoid; the clip only guards against float round-off before quantization.

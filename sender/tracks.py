@@ -20,8 +20,8 @@ import torch
 
 from bitstream import CANDIDATE_STEPS, Predictor, load_prior
 from bitstream.refit import Adaptation, fit_table, measure_rate, tune
+from codec.inference import to_images
 from iwcodec.errors import InputError
-from sender.encoder import to_tensor
 
 STAMP = "weights_id.txt"
 
@@ -45,7 +45,7 @@ def detect_track(model, frames: np.ndarray, batch: int = 32) -> np.ndarray:
     device = next(model.parameters()).device
     parts = []
     for i in range(0, len(frames), batch):
-        kp, strength = model.detect(to_tensor(np.array(frames[i : i + batch]), device))
+        kp, strength = model.detect(to_images(frames[i : i + batch], device))
         parts.append(torch.cat([kp, strength[..., None]], -1).float().cpu().numpy())
     return np.concatenate(parts).astype(np.float32)
 
