@@ -20,9 +20,9 @@ kf-q90      default                AV1 q90          1
 low         coarse                 AV1 q50          1
 =========== ====================== ================ =========
 
-Two points are defined but not in the default plan. "fine" steps (1024 / 128) are defined but not in the default plan: the default steps already
-lose <= 0.1 dB against unquantized keypoints (docs/bitstream.md 8.2), so finer ones only add
-bits. "render-check" is the default point with the sender's render check on
+Two points are defined but not in the default plan. "fine" steps (1024 / 128): the default
+steps already lose <= 0.1 dB against unquantized keypoints (docs/bitstream.md 8.2), so finer
+ones only add bits. "render-check" is the default point with the sender's render check on
 (``EncodeOptions.render_check``: every frame rendered at the sender as the receiver will, and
 sent with its keyframe's own pose where that render is not closer to the true frame than the
 frozen keyframe, on PSNR and LPIPS): one render and one LPIPS per frame at the sender, so it is

@@ -163,8 +163,8 @@ class SourceSet:
 
         A frame rebuilt from one keyframe with that keyframe's own keypoints (as this receiver
         finds them on the decoded picture, quantized with the stream's steps; each value within
-        :data:`SAME_POSE_STEPS`) *is* that keyframe: it comes out as the decoded picture itself, not as the model's
-        rendering of it (docs/bitstream.md 3.2). The sender uses this for the keyframe's own
+        :data:`SAME_POSE_STEPS`) *is* that keyframe: it comes out as the decoded picture
+        itself, not as the model's rendering of it (docs/bitstream.md 3.2). The sender uses this for the keyframe's own
         frame and wherever the frozen keyframe is closer to the truth than a render."""
         if self.missing(refs):
             return None

@@ -3,15 +3,14 @@
 The sender has the model and the very keyframes the receiver decoded, so it can render each
 frame as the receiver will (``codec.inference.picture_source`` / ``render_frames``, the code
 the receiver's ``SourceSet`` runs, from the keypoints quantized as the receiver decodes them)
-and compare it with the true frame. :class:`LocalRender`
-keeps the source features of the keyframes the receiver holds.
+and compare it with the true frame. :class:`LocalRender` keeps the source features of the
+keyframes the receiver holds.
 
 What it is used for (``SendCore`` with ``EncodeOptions.render_check``): a frame is sent with
 its own keypoints only where the render beats the decoded keyframe nearest in pose on both
 PSNR and LPIPS(alex) against the true frame; elsewhere the sender sends that keyframe's own
 keypoints with that keyframe alone as the ref, and the receiver shows the decoded keyframe
-itself (docs/bitstream.md 3.2: a frame with its keyframe's own keypoints is that
-keyframe). Every frame is then at least as close to the truth as the frozen keyframe on both
+itself (docs/bitstream.md 3.2: a frame with its keyframe's own keypoints is that keyframe). Every frame is then at least as close to the truth as the frozen keyframe on both
 metrics, which is what a codec that sends motion should guarantee. The cost: one render and
 one LPIPS per frame at the sender (a few ms on a GPU, 0.4-0.9 s on two CPU cores), and the
 bits of the keypoint jumps. Measured in results/render_check: it lifts the clips that lost to
