@@ -306,22 +306,29 @@ def test_sigterm_leaves_no_part_file_and_no_output(
 
 def test_no_third_party_log_lines_unless_verbose(work, clip, weights) -> None:
     """MediaPipe/TFLite write to descriptor 2 from C++ (not capturable in-process): run the
-    command in a child and read its stderr. Silent by default; --verbose lets them through."""
+    command in a child and read its stderr. Silent by default; --verbose lets them through.
+    The two children (each a fresh process, each with its own output) run at the same time."""
     import subprocess
     import sys
 
-    def stderr_of(*flags: str) -> str:
-        out = work / "quiet.iwc"
+    def start(*flags: str) -> subprocess.Popen:
+        out = work / f"quiet{''.join(flags)}.iwc"
         out.unlink(missing_ok=True)
         argv = [*flags, "encode", str(clip), "-o", str(out), "--weights", str(weights)]
         code = f"from iwcodec.cli import main; raise SystemExit(main({argv!r}))"
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        return run.stderr
+        return subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
+    def stderr_of(child: subprocess.Popen) -> str:
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+        return err
+
+    quiet, verbose = [stderr_of(c) for c in (start(), start("--verbose"))]
     noise = re.compile(r"^(W0000|I0000|INFO: Created TensorFlow|WARNING: All log messages)", re.M)
-    assert not noise.search(stderr_of()), stderr_of()
-    assert noise.search(stderr_of("--verbose"))
+    assert not noise.search(quiet), quiet
+    assert noise.search(verbose)
 
 
 def test_outputs_that_would_destroy_a_file_are_refused(capsys, work, clip, encoded, weights):

@@ -34,26 +34,32 @@ print("done")
 """
 
 
-def _run_in_a_fresh_process(**env: str) -> subprocess.CompletedProcess:
+def _start_a_fresh_process(**env: str) -> subprocess.Popen:
     """MediaPipe logs some lines once per process: only a fresh one shows whether they print."""
     tests = os.path.dirname(os.path.abspath(__file__))
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", _RUN],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=tests,
         env={**os.environ, "PYTHONPATH": tests, **env},
-        timeout=300,
     )
+
+
+def _finished(child: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = child.communicate(timeout=300)
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
 
 
 def test_mediapipe_log_lines_stay_off_the_terminal_unless_verbose():
     """Building the graph, its first run and the first face it finds each log lines of their
     own (W0000 ... landmark_projection_calculator.cc among them); none reach stderr, unless
-    IWCODEC_VERBOSE asks for them (which shows that there are lines to hide)."""
-    quiet = _run_in_a_fresh_process(IWCODEC_VERBOSE="0")
+    IWCODEC_VERBOSE asks for them (which shows that there are lines to hide). The two
+    processes run at the same time: each is fresh, and neither waits for the other."""
+    children = [_start_a_fresh_process(IWCODEC_VERBOSE=v) for v in ("0", "1")]
+    quiet, loud = [_finished(c) for c in children]
     assert quiet.returncode == 0 and quiet.stdout == "done\n", quiet.stderr
     assert quiet.stderr == ""
-    loud = _run_in_a_fresh_process(IWCODEC_VERBOSE="1")
     assert loud.returncode == 0
     assert "landmark_projection_calculator" in loud.stderr
