@@ -24,7 +24,7 @@ from iwcodec.call.rtc import (
 
 pytestmark = needs_host_address
 
-RATE, SIZE, SECONDS = 10, 66, 3.0
+RATE, SIZE, SECONDS = 10, 66, 2.0
 
 
 async def exchange(policy: SackPolicy) -> dict:
