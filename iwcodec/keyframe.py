@@ -38,9 +38,10 @@ Every decoding failure is a :class:`iwcodec.errors.BitstreamError` naming the co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import av
@@ -142,11 +143,30 @@ def _encode_webp(rgb: np.ndarray, quality: int) -> bytes:
     return _run_encoder("libwebp", "yuv420p", rgb, opts)
 
 
+@contextlib.contextmanager
+def _own_scheduling() -> Iterator[None]:
+    """Give the calling thread its scheduling policy back afterwards. SVT-AV1, allowed to (as
+    root), switches the thread that opens an encoder to real-time scheduling (SCHED_FIFO,
+    priority 99) and leaves it there; every thread and process started from it afterwards
+    inherits that, so a sender's workers could starve the rest of the machine."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)  # lowering is always allowed
+
+
 def _encode_av1(rgb: np.ndarray, quality: int) -> bytes:
     # SVT-AV1 prints a banner per encoder to stderr unless told otherwise
     os.environ.setdefault("SVT_LOG", "1")
     crf = native_setting(ImageCodec.AV1, quality)["crf"]
-    return _run_encoder("libsvtav1", "yuv420p", rgb, {"crf": str(crf), "preset": str(AV1_PRESET)})
+    options = {"crf": str(crf), "preset": str(AV1_PRESET)}
+    with _own_scheduling():
+        return _run_encoder("libsvtav1", "yuv420p", rgb, options)
 
 
 def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:

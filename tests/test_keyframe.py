@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -119,3 +120,13 @@ def test_absurd_header_sizes_are_refused_before_decoding(face: np.ndarray) -> No
 def test_unknown_codec_on_receive_is_bitstream_error() -> None:
     with pytest.raises(BitstreamError):
         decode_keyframe(b"abc", 99)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling calls")
+@pytest.mark.parametrize("codec", list(ImageCodec))
+def test_encoding_leaves_the_threads_scheduling_as_it_was(face: np.ndarray, codec) -> None:
+    """SVT-AV1 run as root switches its calling thread to SCHED_FIFO 99 and keeps it there;
+    the encoder must hand the thread back as it found it (threads started later inherit it)."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    encode_keyframe(face, codec)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
