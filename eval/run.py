@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +70,7 @@ from eval.results import (
 )
 from iwcodec.errors import InputError, IWCodecError
 from iwcodec.keyframe import decode_keyframe, encode_keyframe, parse_codec
-from iwcodec.provenance import git_commit
+from iwcodec.provenance import git_commit, git_dirty
 from receiver.decoder import DecodeOptions, decode_frames
 from sender.cache import clip_names, sha256_of
 from sender.crop import iter_crops
@@ -443,21 +442,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _git_dirty() -> bool | None:
-    """Whether tracked files differ from the commit (the numbers may not be reproducible)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
 def check_weights(
     out_dir: Path,
     model: ImplicitWarpingModel,
@@ -525,7 +509,7 @@ def record_run(
         "weights_id": wid,
         "model": {"image_size": model.cfg.image_size, "num_kp": model.cfg.num_kp},
         "code_commit": git_commit(),
-        "code_dirty": _git_dirty(),
+        "code_dirty": git_dirty(),
         "started": old.get("started", time.strftime("%Y-%m-%d %H:%M:%S %z")),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "clips": clips_info,
