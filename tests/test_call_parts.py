@@ -197,15 +197,22 @@ def run_receiver(model, messages, answer_resync):
     return frames, rx
 
 
-def test_live_receiver_recovers_through_resync_and_matches_the_offline_decode(model):
-    torch.manual_seed(0)
-    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
+def live_stream(model, seed: int, frames: int):
+    """A 30 frames/s stream with the default options, as the live receiver tests feed it: the
+    parameter unit, a synthetic track (frames, K, 3), a PNG keyframe of noise (id 0) and a
+    keypoint encoder that sends no periodic resync (the tests choose what is lost)."""
     table = entropy_model(EncodeOptions())
-    rng = np.random.default_rng(1)
-    track = synthetic_track(rng, 60, model.cfg.num_kp)  # (60, K, 3)
+    params = stream_params(model, Fraction(30), EncodeOptions(), table)
+    rng = np.random.default_rng(seed)
+    track = synthetic_track(rng, frames, model.cfg.num_kp)
     image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
     keyframe = KeyframeUnit(0, 0, ImageCodec.PNG, encode_keyframe(image, ImageCodec.PNG))
-    encoder = KeypointEncoder(params, table, resync_period=10_000)
+    return params, track, keyframe, KeypointEncoder(params, table, resync_period=10_000)
+
+
+def test_live_receiver_recovers_through_resync_and_matches_the_offline_decode(model):
+    torch.manual_seed(0)
+    params, track, keyframe, encoder = live_stream(model, seed=1, frames=60)  # track (60, K, 3)
     dropped = {4, 11, 12}  # a lone loss and a burst
     delivered = [params, keyframe]
 
@@ -436,13 +443,7 @@ def test_live_receiver_asks_for_the_keyframe_it_lacks_not_one_it_holds(model, mo
     import receiver.live
 
     monkeypatch.setattr(receiver.live, "KEYFRAME_GRACE", 0.0)
-    params = stream_params(model, Fraction(30), EncodeOptions(), entropy_model(EncodeOptions()))
-    table = entropy_model(EncodeOptions())
-    rng = np.random.default_rng(2)
-    track = synthetic_track(rng, 9, model.cfg.num_kp)  # (9, K, 3)
-    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-    keyframe = KeyframeUnit(0, 0, ImageCodec.PNG, encode_keyframe(image, ImageCodec.PNG))
-    encoder = KeypointEncoder(params, table, resync_period=10_000)
+    params, track, keyframe, encoder = live_stream(model, seed=2, frames=9)  # track (9, K, 3)
 
     def messages():
         yield "kf", params.to_bytes() + keyframe.to_bytes()
