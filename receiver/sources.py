@@ -93,7 +93,6 @@ class SourceSet:
         check_stream(model, params)
         self.model = model
         self.params = params
-        self.device = device_of(model)
         self._slots: dict[int, Keyframe] = {}  # slot -> keyframe
         self._combined: tuple[tuple[int, ...], SourceFeatures] | None = None  # last refs' set
         self._black: np.ndarray | None = None
@@ -164,8 +163,9 @@ class SourceSet:
         A frame rebuilt from one keyframe with that keyframe's own keypoints (as this receiver
         finds them on the decoded picture, quantized with the stream's steps; each value within
         :data:`SAME_POSE_STEPS`) *is* that keyframe: it comes out as the decoded picture
-        itself, not as the model's rendering of it (docs/bitstream.md 3.2). The sender uses this for the keyframe's own
-        frame and wherever the frozen keyframe is closer to the truth than a render."""
+        itself, not as the model's rendering of it (docs/bitstream.md 3.2). The sender uses
+        this for the keyframe's own frame and wherever the frozen keyframe is closer to the
+        truth than a render."""
         if self.missing(refs):
             return None
         if len(refs) > 1:
