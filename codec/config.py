@@ -138,6 +138,12 @@ class LossWeights:
     # L1 of the images averaged over 8x8 blocks: colour and exposure fidelity (a global drift
     # in brightness or contrast costs little perceptual loss and much PSNR).
     lowpass: float = 0.0
+    # Never worse than the frozen keyframe: the part of the prediction's error that exceeds
+    # source 0's own (shown unwarped), in 4x4 block means of the L1 error, summed where it
+    # exceeds. Zero where the output already beats a frozen frame, so it acts on frames close
+    # to their keyframe (identity and near pairs), where copying the keyframe's pixels is the
+    # floor the codec must not fall below (issue 16; codec.losses.floor_loss).
+    floor: float = 0.0
 
 
 # Switches of earlier versions, each now fixed at the value given here: the model is the
@@ -207,10 +213,12 @@ class TrainConfig:
     semantic_dropout: float = 0.5  # probability that a sample drops key regions
     aug_independent_affine: float = 0.08  # per-frame random shift/scale/rotation strength
     # identity-changing augmentation per example (codec.data.IdentityAugment; 0: off): the
-    # log width/height stretch, the hue rotation in radians, the probability of a grey example
+    # log width/height stretch, the hue rotation in radians, the probability of a grey example,
+    # the probability of a dim one
     aug_aspect: float = 0.0
     aug_hue: float = 0.0
     aug_grey: float = 0.0
+    aug_dark: float = 0.0
     # codec pairs (codec.data.CodecPairs; 0: off): the probability that the driving frame is
     # source 0 itself, that it is up to pair_near_frames frames away under source 0's framing
     pair_identity: float = 0.0

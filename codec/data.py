@@ -100,19 +100,25 @@ class IdentityAugment:
       magnified by e^|u|): faces and heads wider or narrower than any in the set;
     - ``hue``: a rotation of the colours about the grey axis, by an angle drawn in
       [-hue, hue] radians (pi: any hue), so skin, hair and background take other colours;
-    - ``grey``: the probability of a grey (luma only) example.
+    - ``grey``: the probability of a grey (luma only) example;
+    - ``dark``: the probability of a dim example, as a room lit by a screen or a camera at
+      its limit shows a face (val-12's worst clip, polimi dfdc, is one): every frame of the
+      example becomes ``gain * x ** gamma``, gain in [0.3, 0.8] and gamma in [1, 1.6]; the
+      model must keep such a face as dim as it is (no exposure drift) and still follow it.
     """
 
     aspect: float = 0.0
     hue: float = 0.0
     grey: float = 0.0
+    dark: float = 0.0
 
     @property
     def active(self) -> bool:
-        return self.aspect > 0 or self.hue > 0 or self.grey > 0
+        return self.aspect > 0 or self.hue > 0 or self.grey > 0 or self.dark > 0
 
     def recolour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """x (B, F, 3, S, S) in [0, 1] -> the same, hue-rotated and/or greyed per example."""
+        """x (B, F, 3, S, S) in [0, 1] -> the same, hue-rotated, greyed and/or dimmed per
+        example."""
         b, dev = x.shape[0], x.device
         if self.hue > 0:
             angle = (_rand(gen, b, device=dev) * 2 - 1) * self.hue  # (B,)
@@ -121,6 +127,11 @@ class IdentityAugment:
             grey = (_rand(gen, b, device=dev) < self.grey).view(b, 1, 1, 1, 1)
             luma = (x * _LUMA.to(dev).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
             x = torch.where(grey, luma.expand_as(x), x)
+        if self.dark > 0:
+            dim = (_rand(gen, b, device=dev) < self.dark).view(b, 1, 1, 1, 1)
+            gain = 0.3 + 0.5 * _rand(gen, b, device=dev).view(b, 1, 1, 1, 1)
+            gamma = 1 + 0.6 * _rand(gen, b, device=dev).view(b, 1, 1, 1, 1)
+            x = torch.where(dim, gain * x.clamp(0, 1) ** gamma, x)
         return x.clamp_(0, 1)
 
 

@@ -83,6 +83,21 @@ def lowpass_l1(pred: torch.Tensor, target: torch.Tensor, block: int = 8) -> torc
     return (F.avg_pool2d(pred, block) - F.avg_pool2d(target, block)).abs().mean()
 
 
+def floor_loss(
+    pred: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor, block: int = 4
+) -> torch.Tensor:
+    """Mean excess of pred's error over a frozen frame's: pred, target, frozen (B, 3, H, W).
+
+    Errors are L1 over channels, averaged in ``block`` x ``block`` blocks (a pixel's error is
+    noisy; a blurred lip or eye is a block's); the loss is the mean of
+    relu(err(pred) - err(frozen)). It is 0 wherever the prediction is at least as close to
+    the target as the frozen frame is, so on large motions (where the frozen keyframe is far
+    off) it is silent, and on a frame near its keyframe it asks for the keyframe's pixels."""
+    err_pred = F.avg_pool2d((pred - target).abs().mean(1, keepdim=True), block)  # (B, 1, h, w)
+    err_frozen = F.avg_pool2d((frozen - target).abs().mean(1, keepdim=True), block)
+    return F.relu(err_pred - err_frozen.detach()).mean()
+
+
 def separation_loss(kp: torch.Tensor, sigma: float) -> torch.Tensor:
     """Mean Gaussian repulsion over keypoint pairs of one image; kp (B, K, 2)."""
     k = kp.shape[1]

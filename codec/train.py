@@ -58,6 +58,7 @@ from codec.losses import (
     discriminator_hinge_loss,
     equivariance_loss,
     feature_matching_loss,
+    floor_loss,
     generator_gan_loss,
     keypoint_spread,
     lowpass_l1,
@@ -136,7 +137,7 @@ class Trainer:
             )
         ).to(dev)
         self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
-        identity = IdentityAugment(tc.aug_aspect, tc.aug_hue, tc.aug_grey)
+        identity = IdentityAugment(tc.aug_aspect, tc.aug_hue, tc.aug_grey, tc.aug_dark)
         pairs = CodecPairs(tc.pair_identity, tc.pair_near, tc.pair_near_frames)
         self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine, identity, pairs)
         self.val_clips = val_clips
@@ -326,6 +327,9 @@ class Trainer:
             losses["warp"] = w.warp * (warped - batch.driving).abs().mean()
         if w.lowpass > 0:
             losses["lowpass"] = w.lowpass * lowpass_l1(pred.float(), batch.driving)
+        if w.floor > 0:
+            frozen = batch.sources[:, 0]  # (B, 3, H, W) the keyframe shown as it is
+            losses["floor"] = w.floor * floor_loss(pred.float(), batch.driving, frozen)
         if use_gan:
             # Through the unwrapped discriminator with its weights frozen: the generator step
             # must neither compute nor all-reduce discriminator gradients.
@@ -743,6 +747,12 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         default=LossWeights.lowpass,
         help="L1 of 8x8 block means (colour and exposure fidelity)",
     )
+    p.add_argument(
+        "--floor-weight",
+        type=float,
+        default=LossWeights.floor,
+        help="the prediction's error in excess of the frozen source 0's (never worse than a frozen keyframe)",
+    )
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
     overrides = args.pop("model")
@@ -751,6 +761,7 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         l1=args.pop("l1_weight"),
         warp=args.pop("warp_weight"),
         lowpass=args.pop("lowpass_weight"),
+        floor=args.pop("floor_weight"),
     )
     if tiny:
         # CPU tests: the first three VGG blocks at two scales are enough to learn from.

@@ -457,6 +457,15 @@ def test_identity_augment_recolours_and_stretches_with_the_landmarks():
     assert torch.allclose(torch.stack([cx, cy], -1), moved, atol=0.3), (cx, cy, moved)
     assert not IdentityAugment().active and stretch.active
 
+    # Dim examples: darker and lower in contrast, alike in every frame of the example.
+    plain, _, _ = FrameBank([clip], cpu, 0.0).sample(16, 1, torch.Generator().manual_seed(2))
+    dim = IdentityAugment(dark=1.0)
+    src, drv, _ = FrameBank([clip], cpu, 0.0, dim).sample(16, 1, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(src[:, 0], drv)
+    ratio = src.mean((1, 2, 3, 4)) / plain.mean((1, 2, 3, 4))  # (B,) per example
+    assert (ratio < 0.85).all() and (ratio > 0.05).all(), ratio
+    assert ratio.std() > 0.02  # drawn per example
+
 
 def test_codec_pairs_give_the_source_itself_and_near_frames_under_its_framing():
     """CodecPairs: identity pairs drive with source 0 itself (same frame, same framing, same
@@ -501,16 +510,28 @@ def test_codec_pairs_give_the_source_itself_and_near_frames_under_its_framing():
         CodecPairs(identity=0.7, near=0.5)
 
 
-def test_lowpass_loss_and_discriminator_warmup(trainer):
-    """--lowpass-weight W adds W * L1 of 8x8 block means; --gan-warmup-steps N trains a fresh
+def test_lowpass_and_floor_losses_and_discriminator_warmup(trainer):
+    """--lowpass-weight W adds W * L1 of 8x8 block means; --floor-weight W the prediction's
+    error in excess of the frozen source's; --gan-warmup-steps N trains a fresh
     discriminator alone for the run's first N steps, then its loss reaches the generator."""
-    from codec.losses import lowpass_l1
+    from codec.losses import floor_loss, lowpass_l1
 
     x = torch.rand(2, 3, 16, 16)
     assert lowpass_l1(x, x) == 0
     assert torch.isclose(lowpass_l1(x + 0.1, x), torch.tensor(0.1))
     noise = torch.randn(2, 3, 16, 16) * 0.1  # zero-mean detail: barely seen
     assert lowpass_l1(x + noise, x) < 0.3 * noise.abs().mean()
+
+    # floor: silent where the prediction beats the frozen frame, the excess where it does not
+    far = x.flip(-1)  # a frozen frame far from the target
+    assert floor_loss(x + noise, x, far) == 0
+    assert torch.isclose(floor_loss(x + 0.1, x, x), torch.tensor(0.1))
+    half = x.clone()
+    half[..., :8] += 0.2  # worse than the frozen frame (x + 0.1) on the left half only
+    assert torch.isclose(floor_loss(half, x, x + 0.1), torch.tensor(0.05), atol=1e-6)
+    pred = (x + 0.1).requires_grad_()
+    floor_loss(pred, x, x).backward()
+    assert pred.grad.abs().sum() > 0
 
     mc, tc = parse_args(
         [
@@ -523,6 +544,10 @@ def test_lowpass_loss_and_discriminator_warmup(trainer):
             "2",
             "--lowpass-weight",
             "7",
+            "--floor-weight",
+            "3",
+            "--aug-dark",
+            "0.5",
             "--gan-start-step",
             "0",
             "--gan-warmup-steps",
@@ -531,7 +556,8 @@ def test_lowpass_loss_and_discriminator_warmup(trainer):
     )
     t = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
     stats = [t.train_step() for _ in range(3)]
-    assert all("lowpass" in s and "disc" in s for s in stats)
+    assert all("lowpass" in s and "floor" in s and "disc" in s for s in stats)
+    assert t.bank.identity.dark == 0.5
     assert ["gan" in s for s in stats] == [False, False, True]
 
 
