@@ -240,6 +240,39 @@ def test_value_at_rate() -> None:
     assert value_at_rate([2, 8], [0.4, 0.2], 9) is None
 
 
+def test_plots_are_drawn_again_only_where_what_they_show_changed(tmp_path, monkeypatch):
+    """A figure is drawn when its data changed, or its file shows something else, not on a
+    report over unchanged results (eval/plots.py: the digest in each PNG)."""
+    from matplotlib.figure import Figure
+
+    from eval import plots
+
+    saved: list[str] = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, path, **kw: saved.append(path.name) or real_savefig(fig, path, **kw),
+    )
+    no_metric = {m: None for m in ("ssim", "ms_ssim", "lpips")}  # PSNR and AKD figures only
+    records = [
+        _record(key=f"x264/lowdelay/{t}kbps", bytes=t * 1250, kbps=t, psnr=30.0 + t, **no_metric)
+        for t in (8, 16)  # 250 frames at 25 fps
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    names = ["rd_psnr.png", "rd_psnr_per_clip.png", "rd_akd.png", "rd_akd_per_clip.png"]
+    assert [p.name for p in plots.write_plots(tmp_path)] == names and saved == names
+
+    saved.clear()
+    assert [p.name for p in plots.write_plots(tmp_path)] == names and saved == []
+
+    records[1]["akd"] = 2.5
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    (tmp_path / "rd_psnr.png").write_bytes((tmp_path / "rd_psnr_per_clip.png").read_bytes())
+    plots.write_plots(tmp_path)
+    assert saved == ["rd_psnr.png", "rd_akd.png", "rd_akd_per_clip.png"]
+
+
 def test_summary_from_json_alone(tmp_path: Path) -> None:
     records = []
     for clip, scale in (("a", 1.0), ("b", 2.0)):
