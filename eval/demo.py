@@ -25,7 +25,14 @@ from iwcodec.errors import InputError
 from iwcodec.outputs import same_file
 from receiver.decoder import DecodedFrame, DecodeOptions, DecodeStats, decode_file
 from receiver.writer import write_video
-from sender.encoder import EncodeOptions, EncodeStats, crop_input, encode_frames, write_atomically
+from sender.crop import crop_video
+from sender.encoder import (
+    EncodeOptions,
+    EncodeStats,
+    check_max_frames,
+    encode_frames,
+    write_atomically,
+)
 
 DEFAULT_OUT_DIR = Path("iwcodec-demo")
 
@@ -114,12 +121,15 @@ def run_demo(
     """Encode, decode and score ``input_path`` (default: the bundled demo clip) into ``out_dir``.
 
     Writes ``<name>.iwc``, ``reconstruction.mp4``, ``side_by_side.mp4`` and ``demo.json``.
+    ``max_frames``: only the first N frames are decoded, tracked and cropped (as if the clip
+    ended there), so a short demo does not pay for tracking the face through the whole clip.
     """
+    check_max_frames(max_frames)
     src = Path(input_path) if input_path is not None else demo_clip()
     out = Path(out_dir)
     prepare_out_dir(out, src)
     start = time.perf_counter()
-    clip = crop_input(src, model.cfg.image_size, max_frames)
+    clip = crop_video(src, model.cfg.image_size, max_frames=max_frames)
     crop_seconds = time.perf_counter() - start
     stream = out / f"{src.stem}.iwc"
     enc = write_atomically(

@@ -396,13 +396,15 @@ def _rgb_frames(frames: Iterable[VideoFrame]) -> Iterator[np.ndarray]:
 
 
 def track_video(
-    path: str | Path, config: CropConfig = CropConfig()
+    path: str | Path, config: CropConfig = CropConfig(), max_frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, Fraction]:
-    """First pass over a file: smoothed crop boxes (T, 3), detected (T,) bool, fps.
+    """First pass over a file (or its first ``max_frames`` frames): smoothed crop boxes (T, 3),
+    detected (T,) bool, fps.
 
     Raises NoFaceError naming the file when no frame has a face."""
     info = probe_video(path)
-    raw, segment, size = detect_track(_rgb_frames(iter_frames(path)), float(info.fps), config)
+    frames = _rgb_frames(iter_frames(path, max_frames))
+    raw, segment, size = detect_track(frames, float(info.fps), config)
     detected = np.isfinite(raw).all(axis=1)
     if not detected.any():
         raise NoFaceError(f"{path}: no face found in any of its {len(raw)} frames")
@@ -417,12 +419,19 @@ def iter_crops(
         yield f.pts, cut_square(f.rgb, boxes[f.index], size)
 
 
-def crop_video(path: str | Path, size: int = 256, config: CropConfig | None = None) -> CroppedClip:
+def crop_video(
+    path: str | Path,
+    size: int = 256,
+    config: CropConfig | None = None,
+    max_frames: int | None = None,
+) -> CroppedClip:
     """Whole clip -> face crops, all in memory: (T, size, size, 3) uint8.
 
-    Raises InputError for unusable files and NoFaceError when no face is found."""
+    ``max_frames``: only the first N frames are read, tracked and cut, as if the clip ended
+    there (the smoothing sees no later frame, so the last boxes can differ from a whole-clip
+    crop's). Raises InputError for unusable files and NoFaceError when no face is found."""
     config = CropConfig(size=size) if config is None else config
-    boxes, detected, fps = track_video(path, config)
+    boxes, detected, fps = track_video(path, config, max_frames)
     frames = np.empty((len(boxes), config.size, config.size, 3), np.uint8)
     pts = np.zeros(len(boxes), np.float64)
     n = 0
