@@ -40,7 +40,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -52,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from benchmarks import fresh
 from iwcodec.errors import IWCodecError
 from kernels import pinned_table, warp_attention, warp_attention_reference
 from kernels.environment import environment as kernels_environment
@@ -779,21 +779,25 @@ def spread_summary(reports: list[dict]) -> list[dict]:
 
 
 def _main_fresh(args, device: str) -> int:
-    """The benchmark in N fresh processes (a result one process produced is not a result)."""
+    """The benchmark in N fresh processes (a result one process produced is not a result): one
+    after another on a GPU, at the same time under the interpreter (benchmarks/fresh.py)."""
     import tempfile
 
-    reports = []
+    def done(i: int) -> None:
+        print(f"process {i + 1}/{args.fresh_processes} done", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.fresh_processes):
-            out = Path(tmp) / f"p{i}"
-            cmd = [sys.executable, "-m", "benchmarks.attention", *_child_argv(args, out)]
-            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        outs = [Path(tmp) / f"p{i}" for i in range(args.fresh_processes)]
+        argvs = [_child_argv(args, out) for out in outs]
+        runs = fresh.run_module("benchmarks.attention", argvs, device == "cpu", done=done)
+        for run in runs:
             if run.returncode != 0:
                 print(run.stdout[-2000:], run.stderr[-3000:], file=sys.stderr)
                 return run.returncode or 1
+        reports = []
+        for out in outs:
             (path,) = out.glob("attention_*.json")
             reports.append(json.loads(path.read_text()))
-            print(f"process {i + 1}/{args.fresh_processes} done", flush=True)
     env = reports[0]["environment"]
     summary = spread_summary(reports)
     print(

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 import kernels
+from benchmarks import fresh
 from benchmarks.attention import environment, slug
 from kernels import pinned
 
@@ -228,49 +229,62 @@ def _timer(device: str, args: argparse.Namespace):
 # --------------------------------------------------------------------------------------------
 
 
-def _child(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "benchmarks.tune", *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-
-
 def _shared_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms)]
     return flags + (["--smoke"] if args.smoke else [])
 
 
+def _failed(runs: list[subprocess.CompletedProcess], what: str) -> None:
+    for i, r in enumerate(runs):
+        if r.returncode != 0:
+            raise RuntimeError(f"{what} {i + 1} failed:\n{r.stderr[-3000:]}")
+
+
 def precompile(args: argparse.Namespace, env: dict[str, str]) -> float:
+    """The compile pool: ``--compile-workers`` processes at once, each a slice of the jobs."""
     start = time.perf_counter()
     n = max(1, args.compile_workers)
-    with ThreadPoolExecutor(n) as pool:
-        runs = list(
-            pool.map(
-                lambda i: _child(
-                    ["--out", str(args.out), "--worker", "compile", "--slice", f"{i}/{n}"]
-                    + _shared_flags(args),
-                    env,
-                ),
-                range(n),
-            )
-        )
-    for r in runs:
-        if r.returncode != 0:
-            raise RuntimeError(f"compile worker failed:\n{r.stderr[-3000:]}")
-    return time.perf_counter() - start
+    argvs = [
+        ["--out", str(args.out), "--worker", "compile", "--slice", f"{i}/{n}"] + _shared_flags(args)
+        for i in range(n)
+    ]
+    _failed(fresh.run_module("benchmarks.tune", argvs, together=True, env=env), "compile worker")
+    seconds = time.perf_counter() - start
+    print(f"compiled the candidates in {seconds:.1f} s", flush=True)
+    return seconds
 
 
-def timed_processes(args: argparse.Namespace, env: dict[str, str], tmp: Path) -> list[dict]:
-    results = []
-    for i in range(args.processes):
-        path = tmp / f"time_{i}.json"
-        r = _child(
-            ["--out", str(args.out), "--worker", "time", "--json", str(path)] + _shared_flags(args),
-            env,
-        )
-        if r.returncode != 0:
-            raise RuntimeError(f"timing process {i + 1} failed:\n{r.stderr[-3000:]}")
-        results.append(json.loads(path.read_text()))
+def timed_processes(
+    args: argparse.Namespace, env: dict[str, str], tmp: Path, together: bool
+) -> list[dict]:
+    """The timed processes' results; ``together``: at the same time (benchmarks/fresh.py)."""
+    paths = [tmp / f"time_{i}.json" for i in range(args.processes)]
+    argvs = [
+        ["--out", str(args.out), "--worker", "time", "--json", str(path)] + _shared_flags(args)
+        for path in paths
+    ]
+
+    def done(i: int) -> None:
         print(f"process {i + 1}/{args.processes} done", flush=True)
-    return results
+
+    runs = fresh.run_module("benchmarks.tune", argvs, together, env, done)
+    _failed(runs, "timing process")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def compile_and_time(
+    args: argparse.Namespace, env: dict[str, str], tmp: Path, cuda: bool
+) -> tuple[float, list[dict]]:
+    """The compile pool's seconds and the timed processes' results. On a GPU the timed
+    processes start once the pool has filled triton's disk cache, one after another; under the
+    interpreter nothing is compiled to wait for and the times mean nothing, so the pool and the
+    timed processes all run at once (benchmarks/fresh.py)."""
+    if cuda:
+        return precompile(args, env), timed_processes(args, env, tmp, together=False)
+    with ThreadPoolExecutor(1) as pool:
+        compiling = pool.submit(precompile, args, env)
+        runs = timed_processes(args, env, tmp, together=True)
+        return compiling.result(), runs
 
 
 def spread(values: list[float]) -> float:
@@ -389,10 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     started = time.perf_counter()
-    compile_s = precompile(args, env)
-    print(f"compiled the candidates in {compile_s:.1f} s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = timed_processes(args, env, Path(tmp))
+        compile_s, runs = compile_and_time(args, env, Path(tmp), cuda)
     shape_list = shapes(args.smoke)
     summary = summarize(shape_list, runs, args.smoke)
     print_summary(summary)

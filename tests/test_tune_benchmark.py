@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import benchmarks.attention as attention
+import benchmarks.fresh as fresh
 import benchmarks.tune as tune
 import kernels.dispatch as dispatch
 from iwcodec.errors import IWCodecError
@@ -89,6 +90,21 @@ def test_attention_spread_summary():
 def test_unknown_case_label_is_refused(tmp_path):
     with pytest.raises(IWCodecError, match="unknown case"):
         attention.main(["--smoke", "--out", str(tmp_path), "--cases", "256px N=9"])
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_fresh_children_in_order_up_to_the_first_failure(tmp_path, together):
+    """benchmarks/fresh.py with small children (``python -m json.tool IN OUT``): results in the
+    given order up to the first failure; one after another (a GPU's timed children), the ones
+    after a failure never start; together (the interpreter's), all of them ran."""
+    (tmp_path / "in.json").write_text('{"a": 1}')
+    names = ["in.json", "missing.json", "in.json"]
+    argvs = [[str(tmp_path / n), str(tmp_path / f"out{i}.json")] for i, n in enumerate(names)]
+    finished: list[int] = []
+    runs = fresh.run_module("json.tool", argvs, together, done=finished.append)
+    assert [r.returncode != 0 for r in runs] == [False, True] and finished == [0]
+    assert json.loads((tmp_path / "out0.json").read_text()) == {"a": 1}
+    assert (tmp_path / "out2.json").exists() == together
 
 
 @pytest.mark.slow
