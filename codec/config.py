@@ -95,7 +95,11 @@ class ModelConfig:
         return read_stored_config(d)[0]
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """The stored form (weights files, checkpoints): the fields, and the retired switches
+        at the values the model always has, so that a file written now reads as having its
+        refinements (:func:`read_stored_config` takes a config that does not name one as
+        predating it: run20 and run21's files were written without them)."""
+        return json.dumps(self.to_dict() | RETIRED_SWITCHES, sort_keys=True)
 
 
 def tiny_config(image_size: int = 64) -> ModelConfig:

@@ -294,6 +294,16 @@ def test_the_default_config_is_the_shipped_model():
     assert not set(RETIRED_SWITCHES) & set(ModelConfig().to_dict())
 
 
+def test_saved_weights_read_as_having_every_refinement(tmp_path, tiny):
+    """A weights file written now names the retired switches, so it is not read as predating
+    the zero-start refinements (run20's and run21's files, written without them, were)."""
+    from codec.weights import read_config, save_weights
+
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny, path)
+    assert read_config(path) == (tiny.cfg, ())
+
+
 def _weights_from_before(model, path, refinements, off: bool) -> None:
     """``model``'s weights as a version before ``refinements`` wrote them: without those
     layers, and their switches off (``off``) or not named at all (older still)."""
