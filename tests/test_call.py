@@ -38,7 +38,7 @@ from sender.live import FileSource
 CALL_SECONDS = 4.5
 
 
-pytestmark = needs_host_address
+pytestmark = [needs_host_address, pytest.mark.realtime]
 
 
 @pytest.fixture(scope="module")

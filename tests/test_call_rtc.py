@@ -22,7 +22,7 @@ from iwcodec.call.rtc import (
     rtc_configuration,
 )
 
-pytestmark = needs_host_address
+pytestmark = [needs_host_address, pytest.mark.realtime]
 
 RATE, SIZE, SECONDS = 10, 66, 2.0
 

@@ -26,6 +26,7 @@ from iwcodec.keyframe import decode_keyframe, encode_keyframe
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
+    pytest.mark.realtime,
     pytest.mark.skipif(
         CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
     ),
