@@ -12,7 +12,8 @@ few frames in their windows (3 of 4 suite runs with two calls at once, 1 of 4 wi
 beside other tests).
 
 Measured on the 2-core dev machine (533 tests): one process 110-117 s; two workers of two
-torch threads 100 s; two of one thread 79-85 s.
+torch threads 100 s; two of one thread 79-85 s, but with the calls failing as above; two of
+one thread with the calls alone 90-99 s (4 runs), and 92.6 s in a clean-clone ``.ci/run``.
 """
 
 from __future__ import annotations
