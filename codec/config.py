@@ -148,6 +148,11 @@ class LossWeights:
     # to their keyframe (identity and near pairs), where copying the keyframe's pixels is the
     # floor the codec must not fall below (issue 16; codec.losses.floor_loss).
     floor: float = 0.0
+    # LPIPS(alex) (codec.perceptual.LPIPS, Zhang et al. 2018) of the prediction against the
+    # driving frame: the perceptual distance the codec is scored on, beside the VGG pyramid
+    # (a learned weighting of AlexNet features, which the VGG loss does not see). Scored on
+    # held-out people, with LPIPS(vgg) and DISTS beside it to show the gain is not the metric's.
+    lpips: float = 0.0
 
 
 # Switches of earlier versions, each now fixed at the value given here: the model is the

@@ -136,7 +136,10 @@ class Trainer:
                 n_scales=len(w.perceptual_scales), layer_weights=tuple(w.perceptual), inputs="[0,1]"
             )
         ).to(dev)
-        self.lpips = LPIPS("alex", inputs="[0,1]").to(dev) if d.main and val_clips else None
+        # LPIPS(alex): the validation metric (main process) and, with weights.lpips, a loss
+        self.lpips = None
+        if w.lpips > 0 or (d.main and val_clips):
+            self.lpips = LPIPS("alex", inputs="[0,1]").to(dev)
         identity = IdentityAugment(tc.aug_aspect, tc.aug_hue, tc.aug_grey, tc.aug_dark)
         pairs = CodecPairs(tc.pair_identity, tc.pair_near, tc.pair_near_frames)
         self.bank = FrameBank(train_clips, dev, tc.aug_independent_affine, identity, pairs)
@@ -330,6 +333,8 @@ class Trainer:
         if w.floor > 0:
             frozen = batch.sources[:, 0]  # (B, 3, H, W) the keyframe shown as it is
             losses["floor"] = w.floor * floor_loss(pred.float(), batch.driving, frozen)
+        if w.lpips > 0:
+            losses["lpips"] = w.lpips * self.lpips(pred.float(), batch.driving).mean()
         if use_gan:
             # Through the unwrapped discriminator with its weights frozen: the generator step
             # must neither compute nor all-reduce discriminator gradients.
@@ -658,7 +663,16 @@ def plot_curves(log_path: Path, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     steps = [r["step"] for r in train]
-    losses = ("perceptual", "l1", "warp", "equivariance", "separation", "gan", "feature_matching")
+    losses = (
+        "perceptual",
+        "lpips",
+        "l1",
+        "warp",
+        "equivariance",
+        "separation",
+        "gan",
+        "feature_matching",
+    )
     for k in (*losses, "disc"):
         ys = [r.get(k, np.nan) for r in train]
         if not all(np.isnan(ys)):
@@ -748,6 +762,12 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         help="L1 of 8x8 block means (colour and exposure fidelity)",
     )
     p.add_argument(
+        "--lpips-weight",
+        type=float,
+        default=LossWeights.lpips,
+        help="LPIPS(alex) of the prediction against the driving frame",
+    )
+    p.add_argument(
         "--floor-weight",
         type=float,
         default=LossWeights.floor,
@@ -762,6 +782,7 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         warp=args.pop("warp_weight"),
         lowpass=args.pop("lowpass_weight"),
         floor=args.pop("floor_weight"),
+        lpips=args.pop("lpips_weight"),
     )
     if tiny:
         # CPU tests: the first three VGG blocks at two scales are enough to learn from.

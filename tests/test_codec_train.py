@@ -561,6 +561,28 @@ def test_lowpass_and_floor_losses_and_discriminator_warmup(trainer):
     assert ["gan" in s for s in stats] == [False, False, True]
 
 
+def test_lpips_loss(trainer):
+    """--lpips-weight W adds W * LPIPS(alex) of the prediction against the driving frame (the
+    metric the codec is scored on), and its gradient reaches the generator; off by default."""
+    from codec.perceptual import LPIPS
+
+    assert "lpips" not in trainer.generator_losses(trainer.sample_batch(0), use_gan=False)[0]
+    args = ["--tiny", "--cache", trainer.tc.cache, "--out", trainer.tc.out, "--batch-size", "2"]
+    mc, tc = parse_args([*args, "--lpips-weight", "4"])
+    assert tc.weights.lpips == 4
+    t = Trainer(mc, tc, Dist(), load_crop_cache(tc.cache), None)
+    assert isinstance(t.lpips, LPIPS)
+    batch = t.sample_batch(0)
+    losses, out = t.generator_losses(batch, use_gan=False)
+    want = 4 * t.lpips(out["prediction"].float(), batch.driving).mean()
+    torch.testing.assert_close(losses["lpips"], want)
+    assert losses["lpips"] > 0
+    t.g_opt.zero_grad()
+    losses["lpips"].backward()
+    grads = [p.grad for p in t.model.decoder.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+
+
 def test_validation_reports_the_self_reconstruction_ceiling(trainer, tmp_path):
     """Validation scores frames rebuilt from themselves (the codec's ceiling) per clip, and
     the lowest clip; with the prior warp's mask open they come back exactly."""
