@@ -151,7 +151,8 @@ class LossWeights:
     # LPIPS(alex) (codec.perceptual.LPIPS, Zhang et al. 2018) of the prediction against the
     # driving frame: the perceptual distance the codec is scored on, beside the VGG pyramid
     # (a learned weighting of AlexNet features, which the VGG loss does not see). Scored on
-    # held-out people, with LPIPS(vgg) and DISTS beside it to show the gain is not the metric's.
+    # held-out people, with LPIPS(vgg) and DISTS beside it to show how much of a gain is only
+    # the trained metric's (results/training/run25/README.md).
     lpips: float = 0.0
 
 
