@@ -721,6 +721,18 @@ def _tuple_of(kind: type):
     return lambda s: tuple(kind(x) for x in s.split(","))
 
 
+#: The loss weights that have a ``--NAME-weight`` flag (fields of LossWeights), with their help.
+LOSS_WEIGHT_FLAGS: dict[str, str | None] = {
+    "gan": None,
+    "l1": None,
+    "warp": "L1 of the source warped by the attention alone against the driving frame",
+    "lowpass": "L1 of 8x8 block means (colour and exposure fidelity)",
+    "lpips": "LPIPS(alex) of the prediction against the driving frame",
+    "floor": "the prediction's error in excess of the frozen source 0's "
+    "(never worse than a frozen keyframe)",
+}
+
+
 def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
     p = argparse.ArgumentParser(
         prog="iwcodec train", description="Train the implicit-warping model."
@@ -747,43 +759,14 @@ def parse_args(argv: list[str] | None) -> tuple[ModelConfig, TrainConfig]:
         default="",
         help="model config overrides, e.g. 'num_kp=16,attn_dim=64' (saved with the weights)",
     )
-    p.add_argument("--gan-weight", type=float, default=LossWeights.gan)
-    p.add_argument("--l1-weight", type=float, default=LossWeights.l1)
-    p.add_argument(
-        "--warp-weight",
-        type=float,
-        default=LossWeights.warp,
-        help="L1 of the source warped by the attention alone against the driving frame",
-    )
-    p.add_argument(
-        "--lowpass-weight",
-        type=float,
-        default=LossWeights.lowpass,
-        help="L1 of 8x8 block means (colour and exposure fidelity)",
-    )
-    p.add_argument(
-        "--lpips-weight",
-        type=float,
-        default=LossWeights.lpips,
-        help="LPIPS(alex) of the prediction against the driving frame",
-    )
-    p.add_argument(
-        "--floor-weight",
-        type=float,
-        default=LossWeights.floor,
-        help="the prediction's error in excess of the frozen source 0's (never worse than a frozen keyframe)",
-    )
+    for name, text in LOSS_WEIGHT_FLAGS.items():
+        p.add_argument(
+            f"--{name}-weight", type=float, default=getattr(LossWeights, name), help=text
+        )
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
     overrides = args.pop("model")
-    weights = LossWeights(
-        gan=args.pop("gan_weight"),
-        l1=args.pop("l1_weight"),
-        warp=args.pop("warp_weight"),
-        lowpass=args.pop("lowpass_weight"),
-        floor=args.pop("floor_weight"),
-        lpips=args.pop("lpips_weight"),
-    )
+    weights = LossWeights(**{name: args.pop(f"{name}_weight") for name in LOSS_WEIGHT_FLAGS})
     if tiny:
         # CPU tests: the first three VGG blocks at two scales are enough to learn from.
         weights = dataclasses.replace(
